@@ -1,0 +1,489 @@
+//! Pushes a [`SourceImage`] in referential order: every blob once (skipping what the registry
+//! has), in parallel up to `jobs`; then each manifest once its blobs exist; then an index once
+//! its manifests exist; then the tags.
+//!
+//! Every byte sent is hashed on the way; a blob is committed only when what was sent is what the
+//! image says it is (digest and size, or for compressed-on-the-fly layers the uncompressed
+//! digest, the `diff_id`). A corrupt source therefore never becomes a tagged image.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use oci_spec::image::{DescriptorBuilder, Digest, ImageManifestBuilder, MediaType};
+
+use crate::blob::{self, BlobSource, Compression, Streamed};
+use crate::registry::{Client, RegistryError, UploadBody, UploadError};
+use crate::report::{Event, Reporter};
+use crate::reuse::KnownLayers;
+use crate::source::{
+    Blob, Document, ImageIndex, ImageManifest, ImageNode, Layer, ManifestSource, OCI_MANIFEST,
+    SourceError, SourceImage,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The source turned out to be corrupt while it was streamed (exit code 2).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    pub tags: Vec<String>,
+    pub jobs: usize,
+    pub compression: Compression,
+}
+
+/// A blob as it is in the registry after the push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// Foreign layers are referenced but not stored in the registry.
+    pub foreign: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct PushedManifest {
+    pub document: Document,
+    pub config: PushedBlob,
+    pub layers: Vec<PushedBlob>,
+    pub diff_ids: Vec<Digest>,
+    pub platform: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PushedNode {
+    Manifest(PushedManifest),
+    Index {
+        document: Document,
+        children: Vec<PushedNode>,
+    },
+}
+
+impl PushedNode {
+    pub fn document(&self) -> &Document {
+        match self {
+            Self::Manifest(manifest) => &manifest.document,
+            Self::Index { document, .. } => document,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PushStats {
+    pub blobs_uploaded: u64,
+    pub blobs_skipped: u64,
+    pub bytes_uploaded: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PushOutcome {
+    pub root: PushedNode,
+    pub stats: PushStats,
+}
+
+/// Identity of a blob upload, for deduplication: stored blobs by digest; layers compressed here
+/// by their uncompressed digest (the compressed digest is not known before compressing).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum BlobKey {
+    Stored(Digest),
+    Compressed(Digest),
+}
+
+enum BlobJob {
+    Stored(Blob),
+    Compress { source: BlobSource, diff_id: Digest },
+}
+
+pub struct Pusher<'a> {
+    pub client: &'a Client,
+    /// Compressed layers the repository already has, by `diff_id` (see `reuse`).
+    pub known_layers: &'a KnownLayers,
+    pub repository: &'a str,
+    pub reporter: Arc<dyn Reporter>,
+    pub options: &'a PushOptions,
+}
+
+impl Pusher<'_> {
+    pub async fn push(&self, image: &SourceImage) -> Result<PushOutcome, PushError> {
+        let mut jobs: Vec<(BlobKey, BlobJob)> = Vec::new();
+        collect_jobs(&image.root, &mut jobs);
+        let stats = Stats::default();
+
+        let results: HashMap<BlobKey, PushedBlob> = futures::stream::iter(jobs)
+            .map(|(key, job)| {
+                let stats = &stats;
+                async move { Ok::<_, PushError>((key, self.push_blob(job, stats).await?)) }
+            })
+            .buffer_unordered(self.options.jobs.max(1))
+            .try_collect()
+            .await?;
+
+        let root = self.push_documents(&image.root, &results, true).await?;
+        Ok(PushOutcome {
+            root,
+            stats: stats.snapshot(),
+        })
+    }
+
+    async fn push_blob(&self, job: BlobJob, stats: &Stats) -> Result<PushedBlob, PushError> {
+        match job {
+            BlobJob::Stored(blob) => self.push_stored(blob, stats).await,
+            BlobJob::Compress { source, diff_id } => {
+                self.push_compressed(source, diff_id, stats).await
+            }
+        }
+    }
+
+    async fn push_stored(&self, blob: Blob, stats: &Stats) -> Result<PushedBlob, PushError> {
+        let pushed = PushedBlob {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+            foreign: false,
+        };
+        let id = blob.digest.to_string();
+        if self.client.blob_size(self.repository, &blob.digest).await? == Some(blob.size) {
+            stats.skipped();
+            self.reporter.event(&Event::BlobDone {
+                id: &id,
+                digest: &id,
+                uploaded: None,
+            });
+            return Ok(pushed);
+        }
+        self.reporter.event(&Event::BlobStarted {
+            id: &id,
+            what: &short(&blob.digest),
+            size: Some(blob.size),
+        });
+        let expected = blob::Measured {
+            digest: blob.digest.clone(),
+            size: blob.size,
+        };
+        let check = |streamed: &Streamed| {
+            if streamed.sent == expected {
+                Ok(())
+            } else {
+                Err(SourceError::DigestMismatch {
+                    what: format!("blob {}", expected.digest),
+                    expected: format!("{} ({} bytes)", expected.digest, expected.size),
+                    found: format!("{} ({} bytes)", streamed.sent.digest, streamed.sent.size),
+                })
+            }
+        };
+        let streamed = self
+            .upload(&id, &blob.source, None, Some(blob.size), &check)
+            .await?;
+        stats.uploaded(streamed.sent.size);
+        self.reporter.event(&Event::BlobDone {
+            id: &id,
+            digest: &id,
+            uploaded: Some(streamed.sent.size),
+        });
+        Ok(pushed)
+    }
+
+    async fn push_compressed(
+        &self,
+        source: BlobSource,
+        diff_id: Digest,
+        stats: &Stats,
+    ) -> Result<PushedBlob, PushError> {
+        let id = diff_id.to_string();
+        let codec = self.options.compression;
+        if let Some(known) = self.known_layers.get(&diff_id)
+            && self
+                .client
+                .blob_size(self.repository, &known.digest)
+                .await?
+                == Some(known.size)
+        {
+            stats.skipped();
+            let digest = known.digest.to_string();
+            self.reporter.event(&Event::BlobDone {
+                id: &id,
+                digest: &digest,
+                uploaded: None,
+            });
+            // The bytes are the same whichever gzip media type named them before.
+            return Ok(PushedBlob {
+                media_type: codec.layer_media_type().to_owned(),
+                ..known.clone()
+            });
+        }
+        self.reporter.event(&Event::BlobStarted {
+            id: &id,
+            what: &format!("layer {}", short(&diff_id)),
+            size: None,
+        });
+        let check = |streamed: &Streamed| match &streamed.uncompressed {
+            Some(found) if found.digest == diff_id => Ok(()),
+            found => Err(SourceError::DigestMismatch {
+                what: "a layer (its uncompressed digest, the config's rootfs.diff_ids entry)"
+                    .into(),
+                expected: diff_id.to_string(),
+                found: found
+                    .as_ref()
+                    .map_or_else(String::new, |m| m.digest.to_string()),
+            }),
+        };
+        let streamed = self.upload(&id, &source, Some(codec), None, &check).await?;
+        stats.uploaded(streamed.sent.size);
+        let digest = streamed.sent.digest.to_string();
+        self.reporter.event(&Event::BlobDone {
+            id: &id,
+            digest: &digest,
+            uploaded: Some(streamed.sent.size),
+        });
+        Ok(PushedBlob {
+            digest: streamed.sent.digest,
+            size: streamed.sent.size,
+            media_type: codec.layer_media_type().to_owned(),
+            foreign: false,
+        })
+    }
+
+    /// Uploads `source` (optionally compressing it), reporting progress; `check` decides
+    /// whether what streamed may be committed.
+    async fn upload(
+        &self,
+        id: &str,
+        source: &BlobSource,
+        compression: Option<Compression>,
+        length: Option<u64>,
+        check: &(dyn Fn(&Streamed) -> Result<(), SourceError> + Sync),
+    ) -> Result<Streamed, PushError> {
+        let make_body = || {
+            let body = blob::stream(source, compression);
+            let reporter = Arc::clone(&self.reporter);
+            let id = id.to_owned();
+            let chunks = tokio_stream_from(body.chunks).inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    reporter.event(&Event::BlobProgress {
+                        id: &id,
+                        bytes: bytes.len() as u64,
+                    });
+                }
+            });
+            UploadBody {
+                chunks: Box::pin(chunks),
+                length,
+                outcome: body.outcome,
+            }
+        };
+        self.client
+            .upload_blob(self.repository, &make_body, check)
+            .await
+            .map_err(|error| match error {
+                UploadError::Registry(error) => PushError::Registry(error),
+                UploadError::Refused(error) => PushError::Source(error),
+                UploadError::Source(error) => PushError::Source(SourceError::Invalid(format!(
+                    "cannot read a blob of the image: {error}"
+                ))),
+            })
+    }
+
+    /// Puts manifests bottom-up: children by digest, the root under every tag.
+    async fn push_documents(
+        &self,
+        node: &ImageNode,
+        blobs: &HashMap<BlobKey, PushedBlob>,
+        is_root: bool,
+    ) -> Result<PushedNode, PushError> {
+        let pushed = match node {
+            ImageNode::Manifest(manifest) => PushedNode::Manifest(build_manifest(manifest, blobs)?),
+            ImageNode::Index(ImageIndex { document, children }) => {
+                let mut pushed_children = Vec::with_capacity(children.len());
+                for child in children {
+                    pushed_children.push(Box::pin(self.push_documents(child, blobs, false)).await?);
+                }
+                PushedNode::Index {
+                    document: document.clone(),
+                    children: pushed_children,
+                }
+            }
+        };
+        let document = pushed.document();
+        let digest = document.digest.to_string();
+        let references: Vec<&str> = if is_root {
+            self.options.tags.iter().map(String::as_str).collect()
+        } else {
+            vec![digest.as_str()]
+        };
+        for reference in references {
+            self.client
+                .put_manifest(self.repository, reference, document)
+                .await?;
+            self.reporter.event(&Event::ManifestPut {
+                reference: &format!("{}:{reference}", self.repository),
+                digest: &digest,
+            });
+        }
+        Ok(pushed)
+    }
+}
+
+/// Whether the image has layers that are compressed here (and so may be found in the registry
+/// by their `diff_id`).
+pub fn has_uncompressed_layers(node: &ImageNode) -> bool {
+    match node {
+        ImageNode::Manifest(manifest) => manifest
+            .layers
+            .iter()
+            .any(|layer| matches!(layer, Layer::Uncompressed { .. })),
+        ImageNode::Index(index) => index.children.iter().any(has_uncompressed_layers),
+    }
+}
+
+fn collect_jobs(node: &ImageNode, jobs: &mut Vec<(BlobKey, BlobJob)>) {
+    let mut add = |key: BlobKey, job: BlobJob| {
+        if !jobs.iter().any(|(existing, _)| *existing == key) {
+            jobs.push((key, job));
+        }
+    };
+    match node {
+        ImageNode::Manifest(manifest) => {
+            add(
+                BlobKey::Stored(manifest.config.digest.clone()),
+                BlobJob::Stored(manifest.config.clone()),
+            );
+            for layer in &manifest.layers {
+                match layer {
+                    Layer::Stored(blob) => add(
+                        BlobKey::Stored(blob.digest.clone()),
+                        BlobJob::Stored(blob.clone()),
+                    ),
+                    Layer::Uncompressed { source, diff_id } => add(
+                        BlobKey::Compressed(diff_id.clone()),
+                        BlobJob::Compress {
+                            source: source.clone(),
+                            diff_id: diff_id.clone(),
+                        },
+                    ),
+                    Layer::Foreign { .. } => {}
+                }
+            }
+        }
+        ImageNode::Index(index) => {
+            for child in &index.children {
+                collect_jobs(child, jobs);
+            }
+        }
+    }
+}
+
+/// The manifest as pushed: stored bytes as they are, or (legacy docker save) a new OCI manifest
+/// over the compressed layers. Serialisation is deterministic, so a re-run gives the same digest.
+fn build_manifest(
+    manifest: &ImageManifest,
+    blobs: &HashMap<BlobKey, PushedBlob>,
+) -> Result<PushedManifest, PushError> {
+    let lookup = |key: &BlobKey| {
+        blobs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| SourceError::Invalid(format!("internal: no upload result for {key:?}")))
+    };
+    let config = lookup(&BlobKey::Stored(manifest.config.digest.clone()))?;
+    let layers = manifest
+        .layers
+        .iter()
+        .map(|layer| match layer {
+            Layer::Stored(blob) => lookup(&BlobKey::Stored(blob.digest.clone())),
+            Layer::Uncompressed { diff_id, .. } => lookup(&BlobKey::Compressed(diff_id.clone())),
+            Layer::Foreign { digest, size } => Ok(PushedBlob {
+                digest: digest.clone(),
+                size: *size,
+                media_type: String::new(),
+                foreign: true,
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let document = match &manifest.manifest {
+        ManifestSource::Stored(document) => document.clone(),
+        ManifestSource::Generated => generate_manifest(&config, &layers)?,
+    };
+    Ok(PushedManifest {
+        document,
+        config,
+        layers,
+        diff_ids: manifest.diff_ids.clone(),
+        platform: manifest.platform.clone(),
+    })
+}
+
+fn generate_manifest(config: &PushedBlob, layers: &[PushedBlob]) -> Result<Document, SourceError> {
+    let descriptor = |blob: &PushedBlob| {
+        DescriptorBuilder::default()
+            .media_type(MediaType::from(blob.media_type.as_str()))
+            .digest(blob.digest.clone())
+            .size(blob.size)
+            .build()
+    };
+    let internal = |e: oci_spec::OciSpecError| {
+        SourceError::Invalid(format!("internal: cannot build a manifest: {e}"))
+    };
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(config).map_err(internal)?)
+        .layers(
+            layers
+                .iter()
+                .map(descriptor)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?,
+        )
+        .build()
+        .map_err(internal)?;
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| SourceError::Invalid(format!("internal: cannot serialise a manifest: {e}")))?;
+    Ok(Document {
+        digest: blob::sha256_digest(&bytes),
+        bytes: bytes.into(),
+        media_type: OCI_MANIFEST.to_owned(),
+    })
+}
+
+fn short(digest: &Digest) -> String {
+    digest.digest().chars().take(12).collect()
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+#[derive(Default)]
+struct Stats {
+    uploaded: AtomicU64,
+    skipped: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Stats {
+    fn uploaded(&self, bytes: u64) {
+        self.uploaded.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> PushStats {
+        PushStats {
+            blobs_uploaded: self.uploaded.load(Ordering::Relaxed),
+            blobs_skipped: self.skipped.load(Ordering::Relaxed),
+            bytes_uploaded: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}

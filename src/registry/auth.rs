@@ -1,0 +1,362 @@
+//! Registry authentication: Basic (ECR, htpasswd registries) and the Bearer token flow
+//! (<https://distribution.github.io/distribution/spec/auth/token/>), learned from the
+//! `WWW-Authenticate` challenge of the first 401.
+//!
+//! ECR answers `/v2/` with `WWW-Authenticate: Basic` and wants the authorization token from
+//! `GetAuthorizationToken` on every request; there is no token exchange. Credentials come from a
+//! [`CredentialProvider`], which can be asked for fresh ones when the registry refuses the old
+//! (an ECR token or STS session that expired during a long push).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::RegistryError;
+use crate::secret::Secret;
+
+/// A user name and password for Basic auth (and for fetching bearer tokens).
+#[derive(Clone, Debug)]
+pub struct BasicCredentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl BasicCredentials {
+    fn header_value(&self) -> Secret {
+        let raw = format!("{}:{}", self.username, self.password.expose());
+        Secret::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        ))
+    }
+}
+
+/// Supplies registry credentials. `refresh` is true after the registry refused the previous
+/// ones: a provider that can mint new ones (ECR) does so; a static one returns the same.
+pub trait CredentialProvider: Send + Sync {
+    fn credentials(
+        &self,
+        refresh: bool,
+    ) -> BoxFuture<'_, Result<Option<BasicCredentials>, RegistryError>>;
+}
+
+/// Fixed credentials (or none, for anonymous access).
+pub struct StaticCredentials(pub Option<BasicCredentials>);
+
+impl CredentialProvider for StaticCredentials {
+    fn credentials(
+        &self,
+        _refresh: bool,
+    ) -> BoxFuture<'_, Result<Option<BasicCredentials>, RegistryError>> {
+        Box::pin(async move { Ok(self.0.clone()) })
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    /// Parses `Basic realm="..."` or `Bearer realm="...",service="...",scope="..."`.
+    pub fn parse(header: &str) -> Option<Self> {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Self::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(rest);
+        Some(Self::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+            scope: params.get("scope").cloned(),
+        })
+    }
+}
+
+/// `key="value", key2=value2` → map, honouring quotes (scopes contain commas).
+fn parse_params(text: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        params.insert(key, value.to_owned());
+        rest = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    params
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// What the client knows about how to authenticate, shared by all concurrent requests.
+pub struct Authenticator {
+    provider: Box<dyn CredentialProvider>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Learned from the first challenge; until then Basic is sent pre-emptively when
+    /// credentials exist (saves a round trip on ECR).
+    challenge: Option<Challenge>,
+    credentials: Option<BasicCredentials>,
+    /// Whether the provider has been asked yet (it may have answered "none").
+    credentials_loaded: bool,
+    bearer: HashMap<String, Secret>,
+    /// Bumped whenever credentials or tokens change, so concurrent requests that all got a 401
+    /// refresh once, not once each.
+    generation: u64,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+/// The `Authorization` header to send, and the auth generation it belongs to.
+pub struct Authorization {
+    pub header: Option<Secret>,
+    pub generation: u64,
+}
+
+impl Authenticator {
+    pub fn new(provider: Box<dyn CredentialProvider>) -> Self {
+        Self {
+            provider,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The header for a request needing `scope` (`repository:<name>:pull,push`).
+    pub async fn authorization(&self, scope: &str) -> Result<Authorization, RegistryError> {
+        let mut state = self.state.lock().await;
+        let generation = state.generation;
+        let header = match state.challenge.clone() {
+            Some(Challenge::Bearer { .. }) => state
+                .bearer
+                .get(scope)
+                .map(|token| Secret::new(format!("Bearer {}", token.expose()))),
+            Some(Challenge::Basic) | None => self
+                .credentials(&mut state, false)
+                .await?
+                .map(|c| c.header_value()),
+        };
+        Ok(Authorization { header, generation })
+    }
+
+    async fn credentials(
+        &self,
+        state: &mut State,
+        refresh: bool,
+    ) -> Result<Option<BasicCredentials>, RegistryError> {
+        if refresh || !state.credentials_loaded {
+            state.credentials = self.provider.credentials(refresh).await?;
+            state.credentials_loaded = true;
+        }
+        Ok(state.credentials.clone())
+    }
+
+    /// Reacts to a 401. Returns `Ok(true)` when the request should be tried again with new
+    /// authorization, `Ok(false)` when nothing more can be done.
+    pub async fn on_unauthorized(
+        &self,
+        http: &reqwest::Client,
+        challenge_header: Option<&str>,
+        scope: &str,
+        sent: &Authorization,
+        already_refreshed: bool,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.state.lock().await;
+        if state.generation != sent.generation {
+            // Someone else already renewed the authorization since this request was sent.
+            return Ok(true);
+        }
+        let challenge = challenge_header.and_then(Challenge::parse);
+        if let Some(challenge) = &challenge {
+            state.challenge = Some(challenge.clone());
+        }
+        let retry = match state.challenge.clone() {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: challenged,
+            }) => {
+                let had_token = state.bearer.contains_key(scope);
+                if had_token && already_refreshed {
+                    return Ok(false);
+                }
+                let credentials = self.credentials(&mut state, had_token).await?;
+                let wanted = challenged.filter(|s| s != scope);
+                let token = fetch_token(
+                    http,
+                    &realm,
+                    service.as_deref(),
+                    scope,
+                    wanted.as_deref(),
+                    credentials.as_ref(),
+                )
+                .await?;
+                state.bearer.insert(scope.to_owned(), token);
+                true
+            }
+            Some(Challenge::Basic) | None => {
+                // Retry only with credentials newer than the refused ones (an ECR token or role
+                // session that expired mid-push is minted again by the provider).
+                !(sent.header.is_none() || already_refreshed)
+                    && self.credentials(&mut state, true).await?.is_some()
+            }
+        };
+        state.generation += 1;
+        Ok(retry)
+    }
+}
+
+/// GET `<realm>?service=..&scope=..` with Basic credentials if any; the answer is
+/// `{"token": ...}` or `{"access_token": ...}`.
+async fn fetch_token(
+    http: &reqwest::Client,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    extra_scope: Option<&str>,
+    credentials: Option<&BasicCredentials>,
+) -> Result<Secret, RegistryError> {
+    let mut url = url::Url::parse(realm).map_err(|e| {
+        RegistryError::Protocol(format!(
+            "the registry's token service address {realm:?} is not a URL: {e}"
+        ))
+    })?;
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(service) = service {
+            query.append_pair("service", service);
+        }
+        query.append_pair("scope", scope);
+        if let Some(extra) = extra_scope {
+            query.append_pair("scope", extra);
+        }
+    }
+    let mut request = http.get(url);
+    if let Some(credentials) = credentials {
+        request = request.basic_auth(&credentials.username, Some(credentials.password.expose()));
+    }
+    let operation = "get a registry token";
+    let response = request
+        .send()
+        .await
+        .map_err(|e| RegistryError::transport(operation, &e))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(RegistryError::Unauthorized {
+            operation: operation.into(),
+            status: status.as_u16(),
+            hint: if credentials.is_some() {
+                "the token service refused the user name and password".into()
+            } else {
+                "the registry needs credentials: pass --username and set ECR_PUSH_PASSWORD".into()
+            },
+        });
+    }
+    if !status.is_success() {
+        return Err(RegistryError::from_response(operation, response).await);
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| RegistryError::transport(operation, &e))?;
+    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        RegistryError::Protocol(format!(
+            "the token service answered with something that is not a token: {e}"
+        ))
+    })?;
+    parsed
+        .token
+        .or(parsed.access_token)
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .ok_or_else(|| RegistryError::Protocol("the token service answered without a token".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenge_with_quoted_commas() {
+        let challenge = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            challenge,
+            Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_basic_challenge() {
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="ecr""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Negotiate"), None);
+        assert_eq!(
+            Challenge::parse("Bearer service=\"x\""),
+            None,
+            "realm is required"
+        );
+    }
+
+    #[test]
+    fn basic_header_is_base64_of_user_and_password() {
+        let credentials = BasicCredentials {
+            username: "AWS".into(),
+            password: Secret::new("pw"),
+        };
+        assert_eq!(credentials.header_value().expose(), "Basic QVdTOnB3");
+        assert!(!format!("{credentials:?}").contains("pw\""));
+    }
+}

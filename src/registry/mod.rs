@@ -1,0 +1,841 @@
+//! A small OCI distribution client: the subset of
+//! <https://github.com/opencontainers/distribution-spec/blob/main/spec.md> a pusher needs, with
+//! the quirks of real registries (ECR above all) handled in one place.
+//!
+//! Why not `oci-client`: its chunked upload expects 202 where ECR answers 201, uses 4 MiB chunks
+//! under ECR's 5 MiB minimum, cannot replay a consumed stream on retry, and re-serialises
+//! manifests (changing their digest). See `DESIGN.md` §2.
+//!
+//! Uploads are one POST, one streaming PATCH with the whole blob, and a `PUT ?digest=`; that is
+//! what `docker push` does and what ECR handles (several `PATCH` requests lose data on ECR:
+//! <https://github.com/aws/containers-roadmap/issues/2831>). The blob is committed only after
+//! the caller has checked what streamed by.
+
+pub mod auth;
+pub mod retry;
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use oci_spec::image::Digest;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE,
+};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use url::Url;
+
+use crate::blob::Streamed;
+use crate::source::{Document, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
+use auth::{Authenticator, Authorization};
+pub use auth::{BasicCredentials, CredentialProvider, StaticCredentials};
+pub use retry::RetryPolicy;
+
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{operation}: cannot reach the registry ({message})")]
+    Transport { operation: String, message: String },
+    #[error("{operation}: the registry refused the credentials (HTTP {status}); {hint}")]
+    Unauthorized {
+        operation: String,
+        status: u16,
+        hint: String,
+    },
+    #[error("{operation}: the registry answered HTTP {status}{}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(), if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Status {
+        operation: String,
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl RegistryError {
+    pub(crate) fn transport(operation: &str, error: &reqwest::Error) -> Self {
+        // Never print request URLs: a redirect target (ECR blobs live behind pre-signed S3
+        // URLs) carries credentials in its query.
+        let mut message = error.to_string();
+        if let Some(url) = error.url() {
+            message = message.replace(url.as_str(), "<url>");
+        }
+        let mut source = std::error::Error::source(error);
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        Self::Transport {
+            operation: operation.to_owned(),
+            message,
+        }
+    }
+
+    pub(crate) async fn from_response(operation: &str, response: Response) -> Self {
+        let status = response.status().as_u16();
+        let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+        let (code, message) = parse_error_body(&body);
+        Self::Status {
+            operation: operation.to_owned(),
+            status,
+            code,
+            message,
+        }
+    }
+
+    /// Whether trying again could help (network trouble, throttling, server errors).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status { status, .. } => {
+                retry::is_retryable_status(StatusCode::from_u16(*status).unwrap_or_default())
+            }
+            Self::Unauthorized { .. } | Self::Protocol(_) => false,
+        }
+    }
+
+    /// The OCI error code (`NAME_UNKNOWN`, `TAG_INVALID`, …), if the registry sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body)
+        && let Some(first) = parsed.errors.first()
+    {
+        return (
+            Some(first.code.clone()).filter(|c| !c.is_empty()),
+            first.message.clone(),
+        );
+    }
+    let text = String::from_utf8_lossy(body);
+    (None, text.trim().chars().take(300).collect())
+}
+
+async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// A request body that streams a blob, produced afresh for every attempt.
+pub struct UploadBody {
+    pub chunks: BoxStream<'static, io::Result<Bytes>>,
+    /// Sent as `Content-Length` when known; otherwise the body is chunked.
+    pub length: Option<u64>,
+    pub outcome: tokio::task::JoinHandle<io::Result<Streamed>>,
+}
+
+/// Why an upload did not commit.
+#[derive(Debug)]
+pub enum UploadError<E> {
+    Registry(RegistryError),
+    /// The source could not be read (an input problem, not a network one).
+    Source(io::Error),
+    /// The caller's check refused what streamed (digest or size not as expected).
+    Refused(E),
+}
+
+impl<E> From<RegistryError> for UploadError<E> {
+    fn from(error: RegistryError) -> Self {
+        Self::Registry(error)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for a response or reading one (a stalled registry).
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client for one registry.
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    auth: Authenticator,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The token scope for pushing to (and reading back from) a repository.
+fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+impl Client {
+    pub fn new(
+        base: Url,
+        credentials: Box<dyn CredentialProvider>,
+        options: &ClientOptions,
+    ) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ecr-push/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .map_err(|e| RegistryError::transport("set up the HTTP client", &e))?;
+        Ok(Self {
+            http,
+            base,
+            auth: Authenticator::new(credentials),
+            retry: options.retry.clone(),
+        })
+    }
+
+    /// `host[:port]`, as it appears in image references.
+    pub fn host(&self) -> String {
+        let host = self.base.host_str().unwrap_or_default();
+        match self.base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    fn endpoint(&self, repository: &str, tail: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/v2/{repository}/{tail}"));
+        url.set_query(None);
+        url
+    }
+
+    /// Sends a request built by `build`, adding authorization, answering auth challenges and
+    /// retrying what is worth retrying. Returns the first response that is neither.
+    async fn execute(
+        &self,
+        operation: &str,
+        scope: &str,
+        build: &(dyn Fn() -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let mut attempts = self.retry.start();
+        let mut refreshed = false;
+        loop {
+            let authorization = self.auth.authorization(scope).await?;
+            let result = with_auth(build(), &authorization).send().await;
+            let delay = match result {
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                    if self
+                        .handle_unauthorized(&response, scope, &authorization, refreshed)
+                        .await?
+                    {
+                        refreshed = true;
+                        continue;
+                    }
+                    return Err(unauthorized(
+                        operation,
+                        &response,
+                        authorization.header.is_some(),
+                    ));
+                }
+                Ok(response) if retry::is_retryable_status(response.status()) => {
+                    let asked = retry::retry_after(response.headers());
+                    match attempts.next_delay(asked) {
+                        Some(delay) => delay,
+                        None => return Err(RegistryError::from_response(operation, response).await),
+                    }
+                }
+                Ok(response) => return Ok(response),
+                Err(error) => match attempts.next_delay(None) {
+                    Some(delay) => delay,
+                    None => return Err(RegistryError::transport(operation, &error)),
+                },
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn handle_unauthorized(
+        &self,
+        response: &Response,
+        scope: &str,
+        sent: &Authorization,
+        already_refreshed: bool,
+    ) -> Result<bool, RegistryError> {
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok());
+        self.auth
+            .on_unauthorized(&self.http, challenge, scope, sent, already_refreshed)
+            .await
+    }
+
+    /// The size of a blob if the repository has it.
+    pub async fn blob_size(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        let url = self.endpoint(repository, &format!("blobs/{digest}"));
+        let operation = format!("check blob {digest} in {repository}");
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http.head(url.clone())
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(RegistryError::from_response(&operation, response).await),
+        }
+    }
+
+    /// Streams a blob to the registry and commits it if `check` accepts what was sent.
+    /// The whole upload is retried (with a fresh body) after transient failures.
+    pub async fn upload_blob<E>(
+        &self,
+        repository: &str,
+        make_body: &(dyn Fn() -> UploadBody + Sync),
+        check: &(dyn Fn(&Streamed) -> Result<(), E> + Sync),
+    ) -> Result<Streamed, UploadError<E>> {
+        let scope = push_scope(repository);
+        let mut attempts = self.retry.start();
+        let mut refreshed = false;
+        loop {
+            let failure = match self
+                .upload_once(repository, &scope, make_body, check, refreshed)
+                .await
+            {
+                Ok(streamed) => return Ok(streamed),
+                Err(Attempt::Final(error)) => return Err(error),
+                Err(Attempt::Reauthorized) => {
+                    refreshed = true;
+                    continue;
+                }
+                Err(Attempt::Transient(error, asked)) => (error, asked),
+            };
+            match attempts.next_delay(failure.1) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(UploadError::Registry(failure.0)),
+            }
+        }
+    }
+
+    async fn upload_once<E>(
+        &self,
+        repository: &str,
+        scope: &str,
+        make_body: &(dyn Fn() -> UploadBody + Sync),
+        check: &(dyn Fn(&Streamed) -> Result<(), E> + Sync),
+        refreshed: bool,
+    ) -> Result<Streamed, Attempt<E>> {
+        let start_url = self.endpoint(repository, "blobs/uploads/");
+        let operation = format!("start an upload to {repository}");
+        let response = self
+            .execute(&operation, scope, &|| {
+                self.http.post(start_url.clone()).header(CONTENT_LENGTH, 0)
+            })
+            .await
+            .map_err(Attempt::from_registry)?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(Attempt::from_registry(
+                RegistryError::from_response(&operation, response).await,
+            ));
+        }
+        let location = self.location(&response, &start_url)?;
+
+        // The PATCH body cannot be replayed, so it is sent once here; any failure restarts the
+        // whole upload with a new body.
+        let body = make_body();
+        let operation = format!("upload a blob to {repository}");
+        let authorization = self
+            .auth
+            .authorization(scope)
+            .await
+            .map_err(Attempt::from_registry)?;
+        let mut request = self
+            .http
+            .patch(location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body.chunks));
+        if let Some(length) = body.length {
+            request = request.header(CONTENT_LENGTH, length);
+        }
+        let sent = with_auth(request, &authorization).send().await;
+        let outcome = body.outcome.await.map_err(|e| {
+            Attempt::Final(UploadError::Source(io::Error::other(format!(
+                "the blob reader failed: {e}"
+            ))))
+        })?;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                // A source that could not be read is the input's fault; anything else is the
+                // network's, and worth another try.
+                if let Err(source_error) = outcome
+                    && source_error.kind() != io::ErrorKind::BrokenPipe
+                {
+                    return Err(Attempt::Final(UploadError::Source(source_error)));
+                }
+                return Err(Attempt::Transient(
+                    RegistryError::transport(&operation, &error),
+                    None,
+                ));
+            }
+        };
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {
+                return if self
+                    .handle_unauthorized(&response, scope, &authorization, refreshed)
+                    .await
+                    .map_err(Attempt::from_registry)?
+                {
+                    Err(Attempt::Reauthorized)
+                } else {
+                    Err(Attempt::Final(
+                        unauthorized(&operation, &response, authorization.header.is_some()).into(),
+                    ))
+                };
+            }
+            // ECR answers 201 where the spec says 202; some registries 204.
+            StatusCode::ACCEPTED | StatusCode::CREATED | StatusCode::NO_CONTENT => {}
+            _ => {
+                let asked = retry::retry_after(response.headers());
+                return Err(Attempt::from_registry_with(
+                    RegistryError::from_response(&operation, response).await,
+                    asked,
+                ));
+            }
+        }
+        let streamed = outcome.map_err(|e| Attempt::Final(UploadError::Source(e)))?;
+        // Later PATCH responses carry the session's next location; ECR sends none, so the old
+        // one stays valid.
+        let location = match response.headers().get(LOCATION) {
+            Some(_) => self.location(&response, &location)?,
+            None => location,
+        };
+        if let Err(refused) = check(&streamed) {
+            self.abandon(&location, scope).await;
+            return Err(Attempt::Final(UploadError::Refused(refused)));
+        }
+        self.commit(repository, scope, location, &streamed).await?;
+        Ok(streamed)
+    }
+
+    /// `PUT <location>?digest=` with no body: the registry checks the digest of what it
+    /// received and makes the blob visible.
+    async fn commit<E>(
+        &self,
+        repository: &str,
+        scope: &str,
+        mut location: Url,
+        streamed: &Streamed,
+    ) -> Result<(), Attempt<E>> {
+        let digest = &streamed.sent.digest;
+        location
+            .query_pairs_mut()
+            .append_pair("digest", digest.as_ref());
+        let operation = format!("commit blob {digest} to {repository}");
+        let authorization = self
+            .auth
+            .authorization(scope)
+            .await
+            .map_err(Attempt::from_registry)?;
+        let request = self.http.put(location).header(CONTENT_LENGTH, 0);
+        let response = match with_auth(request, &authorization).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                // The commit may have landed before the connection broke; if the blob is there
+                // with the right size, the upload is done.
+                if let Ok(Some(size)) = self.blob_size(repository, digest).await
+                    && size == streamed.sent.size
+                {
+                    return Ok(());
+                }
+                return Err(Attempt::Transient(
+                    RegistryError::transport(&operation, &error),
+                    None,
+                ));
+            }
+        };
+        if !matches!(
+            response.status(),
+            StatusCode::CREATED | StatusCode::ACCEPTED | StatusCode::NO_CONTENT
+        ) {
+            let asked = retry::retry_after(response.headers());
+            return Err(Attempt::from_registry_with(
+                RegistryError::from_response(&operation, response).await,
+                asked,
+            ));
+        }
+        if let Some(returned) = header_digest(response.headers())
+            && &returned != digest
+        {
+            return Err(Attempt::Final(UploadError::Registry(
+                RegistryError::Protocol(format!(
+                    "{operation}: the registry stored digest {returned}, not {digest}"
+                )),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Best effort: tell the registry to drop an upload session that will not be committed.
+    async fn abandon(&self, location: &Url, scope: &str) {
+        if let Ok(authorization) = self.auth.authorization(scope).await {
+            let _ = with_auth(self.http.delete(location.clone()), &authorization)
+                .send()
+                .await;
+        }
+    }
+
+    /// Resolves a `Location` header (relative or absolute) against the request URL, refusing
+    /// to send credentials to an unexpected place.
+    fn location<E>(&self, response: &Response, request_url: &Url) -> Result<Url, Attempt<E>> {
+        let raw = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Attempt::Final(UploadError::Registry(RegistryError::Protocol(
+                    "the registry started an upload but sent no Location for it".into(),
+                )))
+            })?;
+        let url = request_url.join(raw).map_err(|e| {
+            Attempt::Final(UploadError::Registry(RegistryError::Protocol(format!(
+                "the registry sent an invalid upload Location {raw:?}: {e}"
+            ))))
+        })?;
+        if self.location_allowed(&url) {
+            Ok(url)
+        } else {
+            Err(Attempt::Final(UploadError::Registry(
+                RegistryError::Protocol(format!(
+                    "the registry asked to continue the upload at {}, a different host that is not \
+                 public HTTPS; refusing to send credentials there",
+                    url.host_str().unwrap_or("?")
+                )),
+            )))
+        }
+    }
+
+    /// Same scheme, host and port as the registry; or another host only over HTTPS and only
+    /// if it is not a loopback or private address (which would let a hostile registry aim our
+    /// credentials at the runner's own network).
+    fn location_allowed(&self, url: &Url) -> bool {
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        if same_origin {
+            return true;
+        }
+        if url.scheme() != "https" {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Domain(domain)) => {
+                let domain = domain.to_ascii_lowercase();
+                domain != "localhost"
+                    && !domain.ends_with(".localhost")
+                    && !domain.ends_with(".internal")
+            }
+            Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
+            None => false,
+        }
+    }
+
+    /// Puts a manifest or index under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        document: &Document,
+    ) -> Result<(), RegistryError> {
+        let url = self.endpoint(repository, &format!("manifests/{reference}"));
+        let operation = format!(
+            "put manifest {} as {repository}:{reference}",
+            document.digest
+        );
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http
+                    .put(url.clone())
+                    .header(CONTENT_TYPE, &document.media_type)
+                    .body(document.bytes.clone())
+            })
+            .await?;
+        if !matches!(
+            response.status(),
+            StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED
+        ) {
+            return Err(RegistryError::from_response(&operation, response).await);
+        }
+        // ECR sends no Location on manifest PUT; the digest header, when present, must agree.
+        if let Some(returned) = header_digest(response.headers())
+            && returned != document.digest
+        {
+            return Err(RegistryError::Protocol(format!(
+                "{operation}: the registry stored it as {returned}; it must not change a manifest"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fetches a manifest with every manifest media type in `Accept`, so the registry returns
+    /// the stored bytes instead of converting them. Returns the bytes and their content type.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<(Bytes, String)>, RegistryError> {
+        let url = self.endpoint(repository, &format!("manifests/{reference}"));
+        let operation = format!("fetch manifest {repository}:{reference}");
+        let accept = MANIFEST_MEDIA_TYPES.join(", ");
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http.get(url.clone()).header(ACCEPT, &accept)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(RegistryError::from_response(&operation, response).await),
+        }
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = read_limited(response, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| RegistryError::transport(&operation, &e))?;
+        if body.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::Protocol(format!(
+                "{operation}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+            )));
+        }
+        Ok(Some((Bytes::from(body), media_type)))
+    }
+
+    /// Downloads a small blob (a config) whole; `None` if the repository does not have it.
+    pub async fn get_small_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let url = self.endpoint(repository, &format!("blobs/{digest}"));
+        let operation = format!("download blob {digest} from {repository}");
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http.get(url.clone())
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(RegistryError::from_response(&operation, response).await),
+        }
+        let body = read_limited(response, limit)
+            .await
+            .map_err(|e| RegistryError::transport(&operation, &e))?;
+        Ok((body.len() as u64 <= limit).then(|| Bytes::from(body)))
+    }
+
+    /// Starts downloading a blob (for deep verification). Redirects (ECR → S3) are followed
+    /// by the HTTP client, which drops the `Authorization` header when the host changes.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Response, RegistryError> {
+        let url = self.endpoint(repository, &format!("blobs/{digest}"));
+        let operation = format!("download blob {digest} from {repository}");
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http.get(url.clone())
+            })
+            .await?;
+        if response.status() == StatusCode::OK {
+            Ok(response)
+        } else {
+            Err(RegistryError::from_response(&operation, response).await)
+        }
+    }
+}
+
+/// How one upload attempt ended, when it did not succeed.
+enum Attempt<E> {
+    Final(UploadError<E>),
+    Transient(RegistryError, Option<Duration>),
+    Reauthorized,
+}
+
+impl<E> Attempt<E> {
+    fn from_registry(error: RegistryError) -> Self {
+        Self::from_registry_with(error, None)
+    }
+
+    fn from_registry_with(error: RegistryError, asked: Option<Duration>) -> Self {
+        if error.is_transient() {
+            Self::Transient(error, asked)
+        } else {
+            Self::Final(UploadError::Registry(error))
+        }
+    }
+}
+
+fn with_auth(request: RequestBuilder, authorization: &Authorization) -> RequestBuilder {
+    match &authorization.header {
+        Some(value) => {
+            let mut header = reqwest::header::HeaderValue::from_str(value.expose())
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+            header.set_sensitive(true);
+            request.header(AUTHORIZATION, header)
+        }
+        None => request,
+    }
+}
+
+fn unauthorized(operation: &str, response: &Response, sent_credentials: bool) -> RegistryError {
+    RegistryError::Unauthorized {
+        operation: operation.to_owned(),
+        status: response.status().as_u16(),
+        hint: if sent_credentials {
+            "check the user name and password (or the AWS role's ECR permissions)".into()
+        } else {
+            "the registry needs credentials: pass --username and set ECR_PUSH_PASSWORD".into()
+        },
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get(DOCKER_CONTENT_DIGEST)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| !is_public(IpAddr::V4(v4))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> Client {
+        Client::new(
+            Url::parse(base).unwrap(),
+            Box::new(StaticCredentials(None)),
+            &ClientOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn locations_on_the_registry_itself_are_allowed() {
+        let c = client("http://127.0.0.1:5000");
+        assert!(c.location_allowed(
+            &Url::parse("http://127.0.0.1:5000/v2/x/blobs/uploads/abc").unwrap()
+        ));
+    }
+
+    #[test]
+    fn locations_elsewhere_need_public_https() {
+        let c = client("https://123.dkr.ecr.eu-west-1.amazonaws.com");
+        assert!(
+            c.location_allowed(
+                &Url::parse(
+                    "https://prod-eu-west-1-starport-layer-bucket.s3.eu-west-1.amazonaws.com/x"
+                )
+                .unwrap()
+            )
+        );
+        assert!(!c.location_allowed(&Url::parse("http://example.com/x").unwrap()));
+        assert!(!c.location_allowed(&Url::parse("https://127.0.0.1/x").unwrap()));
+        assert!(!c.location_allowed(&Url::parse("https://10.0.0.5/x").unwrap()));
+        assert!(
+            !c.location_allowed(&Url::parse("https://169.254.169.254/latest/meta-data").unwrap())
+        );
+        assert!(!c.location_allowed(&Url::parse("https://[::1]/x").unwrap()));
+        assert!(!c.location_allowed(&Url::parse("https://localhost/x").unwrap()));
+    }
+
+    #[test]
+    fn error_bodies_give_code_and_message() {
+        let (code, message) = parse_error_body(
+            br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+        );
+        assert_eq!(code.as_deref(), Some("NAME_UNKNOWN"));
+        assert_eq!(message, "repository name not known to registry");
+        let (code, message) = parse_error_body(b"<html>Bad Gateway</html>");
+        assert_eq!(code, None);
+        assert_eq!(message, "<html>Bad Gateway</html>");
+    }
+}

@@ -1,0 +1,316 @@
+//! Everything the user sees while and after a push: progress (bars on a terminal, one line per
+//! event otherwise, nothing with `--quiet`) and the final report (text or JSON).
+//!
+//! Library code never prints: it sends [`Event`]s to a [`Reporter`]. Human text goes to stderr;
+//! stdout carries only the result (`repository@digest`, or the JSON report).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+/// Something that happened during a push.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The source was read.
+    SourceRead {
+        description: &'a str,
+    },
+    /// A blob transfer begins. `id` identifies it in later events.
+    BlobStarted {
+        id: &'a str,
+        what: &'a str,
+        size: Option<u64>,
+    },
+    /// `bytes` more bytes of the blob were sent.
+    BlobProgress {
+        id: &'a str,
+        bytes: u64,
+    },
+    /// The blob is in the registry: uploaded (`uploaded` bytes) or already there.
+    BlobDone {
+        id: &'a str,
+        digest: &'a str,
+        uploaded: Option<u64>,
+    },
+    /// A manifest or index was put under a reference.
+    ManifestPut {
+        reference: &'a str,
+        digest: &'a str,
+    },
+    /// A step of the post-push verification passed.
+    Verified {
+        what: &'a str,
+    },
+    Warning {
+        message: &'a str,
+    },
+    /// A step begins (used to group log output on CI).
+    Step {
+        name: &'a str,
+    },
+}
+
+pub trait Reporter: Send + Sync {
+    fn event(&self, event: &Event<'_>);
+}
+
+/// Reports nothing (`--quiet`).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, event: &Event<'_>) {
+        // Warnings still matter with --quiet.
+        if let Event::Warning { message } = event {
+            eprintln!("warning: {message}");
+        }
+    }
+}
+
+/// One line per event on stderr, for CI logs (no carriage returns, no colours).
+pub struct Lines {
+    /// Prefix for warnings; `::warning::` on GitHub Actions makes them annotations.
+    pub warning_prefix: &'static str,
+}
+
+impl Reporter for Lines {
+    fn event(&self, event: &Event<'_>) {
+        let line = match event {
+            Event::SourceRead { description } => format!("read {description}"),
+            Event::BlobStarted { what, size, .. } => match size {
+                Some(size) => format!("uploading {what} ({})", human_bytes(*size)),
+                None => format!("uploading {what}"),
+            },
+            Event::BlobProgress { .. } | Event::Step { .. } => return,
+            Event::BlobDone {
+                digest, uploaded, ..
+            } => match uploaded {
+                Some(bytes) => format!("pushed {digest} ({})", human_bytes(*bytes)),
+                None => format!("exists {digest}"),
+            },
+            Event::ManifestPut { reference, digest } => format!("put {reference} -> {digest}"),
+            Event::Verified { what } => format!("verified {what}"),
+            Event::Warning { message } => format!("{}{message}", self.warning_prefix),
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// Progress bars on an interactive terminal.
+pub struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter for Bars {
+    fn event(&self, event: &Event<'_>) {
+        let mut bars = self
+            .bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Event::BlobStarted { id, what, size } => {
+                let bar = match size {
+                    Some(size) => ProgressBar::new(*size).with_style(
+                        ProgressStyle::with_template(
+                            "{msg:>24} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ),
+                    None => ProgressBar::new_spinner().with_style(
+                        ProgressStyle::with_template(
+                            "{msg:>24} {spinner} {bytes:>10} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ),
+                };
+                let bar = self.multi.add(bar.with_message((*what).to_owned()));
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bars.insert((*id).to_owned(), bar);
+            }
+            Event::BlobProgress { id, bytes } => {
+                if let Some(bar) = bars.get(*id) {
+                    bar.inc(*bytes);
+                }
+            }
+            Event::BlobDone {
+                id,
+                digest,
+                uploaded,
+            } => {
+                let short = short_digest(digest);
+                let text = match uploaded {
+                    Some(bytes) => format!("pushed {short} ({})", human_bytes(*bytes)),
+                    None => format!("exists {short}"),
+                };
+                match bars.remove(*id) {
+                    Some(bar) => bar.finish_with_message(text),
+                    None => {
+                        let _ = self.multi.println(text);
+                    }
+                }
+            }
+            Event::SourceRead { description } => {
+                let _ = self.multi.println(format!("read {description}"));
+            }
+            Event::ManifestPut { reference, digest } => {
+                let _ = self
+                    .multi
+                    .println(format!("put {reference} -> {}", short_digest(digest)));
+            }
+            Event::Verified { what } => {
+                let _ = self.multi.println(format!("verified {what}"));
+            }
+            Event::Warning { message } => {
+                let _ = self.multi.println(format!("warning: {message}"));
+            }
+            Event::Step { .. } => {}
+        }
+    }
+}
+
+/// The reporter for this run: nothing, bars on a terminal, lines elsewhere.
+pub fn for_terminal(quiet: bool, warning_prefix: &'static str) -> Box<dyn Reporter> {
+    if quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Bars::new())
+    } else {
+        Box::new(Lines { warning_prefix })
+    }
+}
+
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)] // a display value
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The final report of a push: printed with `--json`, written to `$GITHUB_OUTPUT` and the
+/// metadata file. Field names are an interface: add, never rename.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
+    pub media_type: String,
+    pub tags: Vec<String>,
+    pub image_uri: String,
+    pub image_ref: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformReport>,
+    pub blobs_uploaded: u64,
+    pub blobs_skipped: u64,
+    pub bytes_uploaded: u64,
+    pub verified: bool,
+    pub verify_mode: String,
+    pub source_format: String,
+    pub duration_seconds: f64,
+    #[serde(flatten)]
+    pub ecr: Option<EcrReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformReport {
+    pub platform: String,
+    pub digest: String,
+}
+
+/// ECR-specific fields, present in ECR mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct EcrReport {
+    pub registry_id: String,
+    pub region: String,
+    pub repository_uri: String,
+    pub repository_created: bool,
+}
+
+impl PushReport {
+    /// Writes the result to stdout: the JSON report, or `host/repository@digest` as the last
+    /// line (what scripts capture).
+    pub fn print(&self, json: bool) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if json {
+            serde_json::to_writer_pretty(&mut stdout, self)?;
+            writeln!(stdout)?;
+        } else {
+            writeln!(stdout, "{}", self.image_ref)?;
+        }
+        stdout.flush()
+    }
+}
+
+/// Prints a failure to stderr with its causes; on GitHub Actions also as an `::error::`
+/// annotation (one line, as the runner requires).
+pub fn print_error(error: &dyn std::error::Error, github_actions: bool) {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if github_actions {
+        eprintln!(
+            "::error title=ecr-push failed::{}",
+            escape_annotation(&message)
+        );
+    }
+    eprintln!("error: {message}");
+}
+
+/// Workflow commands end at a newline; `%`, CR and LF must be escaped.
+pub fn escape_annotation(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+}

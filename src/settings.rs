@@ -1,0 +1,383 @@
+//! Raw arguments + environment → validated settings. This is the one place that says what is
+//! allowed; everything after it can trust its input.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::blob::Compression;
+use crate::cli::{CompressionArg, PushArgs};
+use crate::env::{self, Env};
+use crate::registry::{BasicCredentials, ClientOptions, RetryPolicy};
+use crate::secret::Secret;
+use crate::source::{PlatformSpec, Selection};
+use crate::verify::VerifyMode;
+
+/// A usage error: the message says what is wrong and how to fix it (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
+/// Where to push.
+#[derive(Debug)]
+pub enum Target {
+    /// A registry given by URL, with optional Basic/Bearer credentials.
+    Registry {
+        url: Url,
+        credentials: Option<BasicCredentials>,
+    },
+}
+
+#[derive(Debug)]
+pub struct PushSettings {
+    pub source: PathBuf,
+    pub repository: String,
+    pub tags: Vec<String>,
+    pub target: Target,
+    pub selection: Selection,
+    pub compression: Compression,
+    pub jobs: usize,
+    pub verify: VerifyMode,
+    pub client: ClientOptions,
+    pub json: bool,
+    pub quiet: bool,
+    pub temp_dir: PathBuf,
+    pub github_actions: bool,
+}
+
+impl PushSettings {
+    pub fn from_args(args: &PushArgs, env: &Env) -> Result<Self, UsageError> {
+        let repository = args.repository.trim().to_owned();
+        validate_repository(&repository)?;
+        let tags = resolve_tags(&args.tags, env)?;
+        let selection = Selection {
+            image: args.image.clone().filter(|s| !s.is_empty()),
+            platform: args
+                .platform
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(str::parse::<PlatformSpec>)
+                .transpose()
+                .map_err(|e| usage(format!("--platform: {e}")))?,
+        };
+        let target = match args.registry.as_deref().filter(|s| !s.is_empty()) {
+            Some(registry) => Target::Registry {
+                url: parse_registry_url(registry)?,
+                credentials: registry_credentials(args.username.as_deref(), env)?,
+            },
+            None => {
+                return Err(usage(
+                    "no --registry given; pass the registry URL, e.g. --registry http://127.0.0.1:5000",
+                ));
+            }
+        };
+        if args.jobs == 0 || args.jobs > 64 {
+            return Err(usage(format!(
+                "--jobs must be between 1 and 64, not {}",
+                args.jobs
+            )));
+        }
+        if args.retries == 0 {
+            return Err(usage(
+                "--retries must be at least 1 (it counts the first attempt)",
+            ));
+        }
+        if args.timeout == 0 {
+            return Err(usage("--timeout must be at least 1 second"));
+        }
+        Ok(Self {
+            source: args.source.clone(),
+            repository,
+            tags,
+            target,
+            selection,
+            compression: compression(args.compression, args.compression_level)?,
+            jobs: args.jobs,
+            verify: args.verify,
+            client: ClientOptions {
+                retry: RetryPolicy {
+                    max_attempts: args.retries,
+                    total: Duration::from_secs(args.timeout),
+                    ..RetryPolicy::default()
+                },
+                ..ClientOptions::default()
+            },
+            json: args.json,
+            quiet: args.quiet,
+            temp_dir: env.temp_dir(),
+            github_actions: env.is_github_actions(),
+        })
+    }
+}
+
+fn compression(kind: CompressionArg, level: Option<i32>) -> Result<Compression, UsageError> {
+    match kind {
+        CompressionArg::Gzip => {
+            let level = level.unwrap_or(6);
+            if !(1..=9).contains(&level) {
+                return Err(usage(format!(
+                    "--compression-level for gzip is 1 to 9, not {level}"
+                )));
+            }
+            Ok(Compression::Gzip {
+                level: level.unsigned_abs(),
+            })
+        }
+        CompressionArg::Zstd => {
+            let level = level.unwrap_or(3);
+            if !(1..=19).contains(&level) {
+                return Err(usage(format!(
+                    "--compression-level for zstd is 1 to 19, not {level}"
+                )));
+            }
+            Ok(Compression::Zstd { level })
+        }
+    }
+}
+
+fn registry_credentials(
+    username: Option<&str>,
+    env: &Env,
+) -> Result<Option<BasicCredentials>, UsageError> {
+    let password = env.secret(env::PASSWORD);
+    match (username.filter(|u| !u.is_empty()), password) {
+        (Some(username), Some(password)) => Ok(Some(BasicCredentials {
+            username: username.to_owned(),
+            password,
+        })),
+        (Some(_), None) => Err(usage(format!(
+            "--username is given but {} is not set; put the password in that environment variable",
+            env::PASSWORD
+        ))),
+        (None, Some(_)) => Err(usage(format!(
+            "{} is set but --username is not; pass --username too",
+            env::PASSWORD
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `http://host:port`, `https://host`, or a bare `host[:port]` (HTTPS). Paths are not allowed:
+/// the distribution API lives at `/v2/` of the host.
+pub fn parse_registry_url(text: &str) -> Result<Url, UsageError> {
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("https://{text}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| {
+        usage(format!(
+            "--registry {text:?} is not a URL ({e}); e.g. https://ghcr.io or http://127.0.0.1:5000"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(usage(format!(
+            "--registry must be an http:// or https:// URL, not {text:?}"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(usage(format!("--registry {text:?} has no host")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(usage(
+            "--registry must not contain credentials; use --username and ECR_PUSH_PASSWORD",
+        ));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(usage(format!(
+            "--registry {text:?} has a path or query; give only scheme, host and port"
+        )));
+    }
+    Ok(url)
+}
+
+/// The tags to push: the given ones, or the commit SHA. Each must be a valid tag.
+fn resolve_tags(given: &[String], env: &Env) -> Result<Vec<String>, UsageError> {
+    let mut tags: Vec<String> = given
+        .iter()
+        .flat_map(|t| t.split(['\n', ',']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if tags.is_empty() {
+        tags.push(commit_sha(env).ok_or_else(|| {
+            usage(
+                "no --tag given and no commit SHA found (GITHUB_SHA, CI_COMMIT_SHA, or a git \
+                 checkout in the current directory); pass --tag <tag>",
+            )
+        })?);
+    }
+    let mut unique = Vec::with_capacity(tags.len());
+    for tag in tags {
+        validate_tag(&tag)?;
+        if !unique.contains(&tag) {
+            unique.push(tag);
+        }
+    }
+    Ok(unique)
+}
+
+fn commit_sha(env: &Env) -> Option<String> {
+    if let Some(sha) = env
+        .get(env::GITHUB_SHA)
+        .or_else(|| env.get(env::CI_COMMIT_SHA))
+    {
+        return Some(sha.to_owned());
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sha = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (output.status.success() && !sha.is_empty()).then_some(sha)
+}
+
+/// OCI tag grammar `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`, which is also what ECR accepts.
+pub fn validate_tag(tag: &str) -> Result<(), UsageError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let first_ok = tag
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if tag.len() <= 128 && first_ok && tag.chars().all(valid_char) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "invalid tag {tag:?}: a tag is 1 to 128 characters of letters, digits, '_', '.' and \
+             '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+/// OCI repository name grammar: lowercase path components of `[a-z0-9]` separated by `.`, `_`,
+/// `__` or dashes, joined by `/`; at most 255 characters (ECR allows 2 to 256).
+pub fn validate_repository(name: &str) -> Result<(), UsageError> {
+    let component_ok = |component: &str| {
+        let bytes = component.as_bytes();
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if alnum(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && !alnum(bytes[i]) {
+                i += 1;
+            }
+            let separator = &component[start..i];
+            let ok = separator == "."
+                || separator == "_"
+                || separator == "__"
+                || separator.bytes().all(|b| b == b'-');
+            if !ok {
+                return false;
+            }
+        }
+        true
+    };
+    if !name.is_empty() && name.len() <= 255 && name.split('/').all(component_ok) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "invalid repository name {name:?}: use lowercase letters, digits and single '.', '_' \
+             or '-' between them, with '/' between path parts (e.g. team/app)"
+        )))
+    }
+}
+
+impl Target {
+    /// The password, if any, for masking.
+    pub fn secret(&self) -> Option<&Secret> {
+        match self {
+            Self::Registry { credentials, .. } => credentials.as_ref().map(|c| &c.password),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_oci_grammar() {
+        for ok in ["v1", "latest", "1.2.3", "_x", "a-b_c.d", &"a".repeat(128)] {
+            assert!(validate_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a:b", "ü", &"a".repeat(129)] {
+            assert!(validate_tag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repository_names_follow_the_oci_grammar() {
+        for ok in ["app", "team/app", "a.b/c_d/e__f/g-h", "a--b", "x1/2y"] {
+            assert!(validate_repository(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "App",
+            "team//app",
+            "/app",
+            "app/",
+            "a..b",
+            "a___b",
+            "-a",
+            "a-",
+            "a b",
+        ] {
+            assert!(validate_repository(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn commit_sha_comes_from_github_then_gitlab() {
+        let env = Env::from_pairs([(env::GITHUB_SHA, "abc"), (env::CI_COMMIT_SHA, "def")]);
+        assert_eq!(resolve_tags(&[], &env).unwrap(), vec!["abc"]);
+        let env = Env::from_pairs([(env::CI_COMMIT_SHA, "def")]);
+        assert_eq!(resolve_tags(&[], &env).unwrap(), vec!["def"]);
+    }
+
+    #[test]
+    fn given_tags_are_split_trimmed_and_deduplicated() {
+        let tags =
+            resolve_tags(&["v1, latest".into(), "v1\nedge".into()], &Env::default()).unwrap();
+        assert_eq!(tags, vec!["v1", "latest", "edge"]);
+    }
+
+    #[test]
+    fn registry_urls() {
+        assert_eq!(
+            parse_registry_url("http://127.0.0.1:5000")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(
+            parse_registry_url("ghcr.io").unwrap().as_str(),
+            "https://ghcr.io/"
+        );
+        assert!(parse_registry_url("ftp://x").is_err());
+        assert!(parse_registry_url("https://u:p@x").is_err());
+        assert!(parse_registry_url("https://x/v2/").is_err());
+    }
+
+    #[test]
+    fn password_without_user_is_an_error() {
+        let env = Env::from_pairs([(env::PASSWORD, "pw")]);
+        assert!(registry_credentials(None, &env).is_err());
+        assert!(registry_credentials(Some("u"), &Env::default()).is_err());
+        let credentials = registry_credentials(Some("u"), &env).unwrap().unwrap();
+        assert_eq!(credentials.password.expose(), "pw");
+    }
+}

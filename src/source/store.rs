@@ -1,0 +1,460 @@
+//! Where an image's files live: a directory, or a tar archive indexed in one pass.
+//!
+//! A tar is never extracted. One sequential pass over its headers records, for every regular
+//! file, the offset and length of its body; symlinks and hardlinks (docker save uses both) are
+//! resolved inside the archive. A gzip- or zstd-wrapped tar is not seekable, so it is
+//! decompressed once into an anonymous temporary file and indexed like a plain tar.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::blob::BlobSource;
+
+use super::SourceError;
+
+/// Symlink hops followed before a chain is called a loop.
+const MAX_LINK_HOPS: usize = 32;
+
+/// Outer wrapping of an image file, recognised by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wrapping {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Wrapping {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "tar",
+            Self::Gzip => "gzip-compressed tar",
+            Self::Zstd => "zstd-compressed tar",
+        }
+    }
+}
+
+pub enum Store {
+    Directory(PathBuf),
+    Tar(TarIndex),
+}
+
+impl Store {
+    /// Opens `path`: a directory as is, a file as a (possibly compressed) tar.
+    pub fn open(path: &Path, temp_dir: &Path) -> Result<(Self, Wrapping), SourceError> {
+        let metadata = std::fs::metadata(path).map_err(|e| SourceError::io(path, e))?;
+        if metadata.is_dir() {
+            return Ok((Self::Directory(path.to_path_buf()), Wrapping::None));
+        }
+        let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        let wrapping = sniff_wrapping(&mut file, path)?;
+        let file = match wrapping {
+            Wrapping::None => file,
+            Wrapping::Gzip => decompress_to_temp(
+                flate2::read::MultiGzDecoder::new(io::BufReader::new(file)),
+                path,
+                wrapping,
+                temp_dir,
+            )?,
+            Wrapping::Zstd => {
+                let decoder = zstd::Decoder::new(file).map_err(|e| SourceError::io(path, e))?;
+                decompress_to_temp(decoder, path, wrapping, temp_dir)?
+            }
+        };
+        let index = TarIndex::build(file, path)?;
+        Ok((Self::Tar(index), wrapping))
+    }
+
+    /// Whether a (relative, `/`-separated) path names a regular file in the store.
+    pub fn contains(&self, name: &str) -> bool {
+        self.locate(name).is_ok()
+    }
+
+    /// The file at `name` as a re-openable blob source.
+    pub fn source(&self, name: &str) -> Result<BlobSource, SourceError> {
+        self.locate(name)
+    }
+
+    /// Reads a small document, refusing anything larger than `limit` bytes.
+    pub fn read_document(&self, name: &str, limit: u64) -> Result<bytes::Bytes, SourceError> {
+        let source = self.locate(name)?;
+        if source.len() > limit {
+            return Err(SourceError::Invalid(format!(
+                "{name} is {} bytes, more than the {limit} bytes such a document may have",
+                source.len()
+            )));
+        }
+        source
+            .read_all()
+            .map_err(|e| SourceError::Invalid(format!("cannot read {name}: {e}")))
+    }
+
+    fn locate(&self, name: &str) -> Result<BlobSource, SourceError> {
+        let relative = normalize(name).ok_or_else(|| {
+            SourceError::Invalid(format!("{name:?} is not a path inside the image"))
+        })?;
+        match self {
+            Self::Directory(root) => {
+                let path = root.join(&relative);
+                let file = File::open(&path).map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => SourceError::Missing(relative.clone()),
+                    _ => SourceError::io(&path, e),
+                })?;
+                let metadata = file.metadata().map_err(|e| SourceError::io(&path, e))?;
+                if !metadata.is_file() {
+                    return Err(SourceError::Missing(relative));
+                }
+                Ok(BlobSource::FileRange {
+                    file: Arc::new(file),
+                    offset: 0,
+                    len: metadata.len(),
+                })
+            }
+            Self::Tar(index) => index.source(&relative),
+        }
+    }
+}
+
+fn sniff_wrapping(file: &mut File, path: &Path) -> Result<Wrapping, SourceError> {
+    let mut head = [0u8; 512];
+    let n = read_up_to(file, &mut head).map_err(|e| SourceError::io(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| SourceError::io(path, e))?;
+    let head = &head[..n];
+    if head.is_empty() {
+        return Err(SourceError::NotAnImage {
+            path: path.to_path_buf(),
+            reason: "the file is empty".into(),
+        });
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Wrapping::Gzip);
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(Wrapping::Zstd);
+    }
+    if head.len() == 512 && (&head[257..262] == b"ustar" || tar_checksum_ok(head)) {
+        return Ok(Wrapping::None);
+    }
+    Err(SourceError::NotAnImage {
+        path: path.to_path_buf(),
+        reason: "it is neither a tar archive (docker save, oci-archive), a gzip- or \
+                 zstd-compressed tar, nor a directory"
+            .into(),
+    })
+}
+
+/// Old-style (v7) tar headers have no magic; their header checksum identifies them.
+fn tar_checksum_ok(header: &[u8]) -> bool {
+    let stored = std::str::from_utf8(&header[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|s| u32::from_str_radix(s, 8).ok());
+    let computed: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    stored == Some(computed)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn decompress_to_temp(
+    mut decoder: impl Read,
+    path: &Path,
+    wrapping: Wrapping,
+    temp_dir: &Path,
+) -> Result<File, SourceError> {
+    // Anonymous and already unlinked: nothing is left behind, whatever way the process ends.
+    let mut temp = tempfile::tempfile_in(temp_dir).map_err(|e| SourceError::io(temp_dir, e))?;
+    io::copy(&mut decoder, &mut temp).map_err(|e| SourceError::NotAnImage {
+        path: path.to_path_buf(),
+        reason: format!(
+            "it looks like a {} but cannot be decompressed ({e}); is it truncated?",
+            wrapping.name()
+        ),
+    })?;
+    temp.seek(SeekFrom::Start(0))
+        .map_err(|e| SourceError::io(temp_dir, e))?;
+    let mut head = [0u8; 512];
+    let n = read_up_to(&mut temp, &mut head).map_err(|e| SourceError::io(temp_dir, e))?;
+    if n < 512 || !(&head[257..262] == b"ustar" || tar_checksum_ok(&head)) {
+        return Err(SourceError::NotAnImage {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it is a {} but what it holds is not a tar archive",
+                wrapping.name()
+            ),
+        });
+    }
+    Ok(temp)
+}
+
+/// Turns an archive or layout path into a canonical relative form (`a/b/c`), or `None` when it
+/// is absolute or climbs out with `..`.
+pub fn normalize(name: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in Path::new(name).components() {
+        match component {
+            Component::CurDir => {}
+            Component::Normal(part) => parts.push(part.to_str()?),
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// Resolves a symlink target found at `link` (relative to the link's directory) to an archive
+/// path, or `None` when it points outside the archive.
+fn resolve_symlink_target(link: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = link.split('/').collect();
+    parts.pop();
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            part => parts.push(part),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+#[derive(Clone, Debug)]
+enum TarEntry {
+    File { offset: u64, len: u64 },
+    Link { target: String },
+}
+
+pub struct TarIndex {
+    file: Arc<File>,
+    entries: HashMap<String, TarEntry>,
+}
+
+impl TarIndex {
+    /// Reads every header once (bodies are skipped with seeks) and records where each file is.
+    fn build(file: File, path: &Path) -> Result<Self, SourceError> {
+        let total = file.metadata().map_err(|e| SourceError::io(path, e))?.len();
+        let invalid = |reason: String| SourceError::NotAnImage {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut entries = HashMap::new();
+        let mut archive = tar::Archive::new(&file);
+        let iter = archive
+            .entries_with_seek()
+            .map_err(|e| invalid(format!("it is not a readable tar archive: {e}")))?;
+        for entry in iter {
+            let entry = entry.map_err(|e| {
+                invalid(format!(
+                    "the tar archive is damaged or truncated ({e}); re-create it"
+                ))
+            })?;
+            let raw_path = entry
+                .path()
+                .map_err(|e| invalid(format!("a tar entry has an unreadable name: {e}")))?
+                .to_string_lossy()
+                .into_owned();
+            let kind = entry.header().entry_type();
+            if kind.is_dir() || kind.is_pax_global_extensions() {
+                continue;
+            }
+            let name = normalize(&raw_path).ok_or_else(|| {
+                invalid(format!(
+                    "the tar entry {raw_path:?} is an absolute path or climbs out with '..'; \
+                     refusing a possibly hostile archive"
+                ))
+            })?;
+            let record = if kind.is_file() || kind.is_contiguous() {
+                let offset = entry.raw_file_position();
+                let len = entry.size();
+                if offset.saturating_add(len) > total {
+                    return Err(invalid(format!(
+                        "the tar entry {name} ends past the end of the file: the archive is \
+                         truncated"
+                    )));
+                }
+                TarEntry::File { offset, len }
+            } else if kind.is_symlink() || kind.is_hard_link() {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| invalid(format!("link {name} has an unreadable target: {e}")))?
+                    .ok_or_else(|| invalid(format!("link {name} has no target")))?
+                    .to_string_lossy()
+                    .into_owned();
+                let resolved = if kind.is_symlink() {
+                    resolve_symlink_target(&name, &target)
+                } else {
+                    normalize(&target)
+                };
+                let target = resolved.ok_or_else(|| {
+                    invalid(format!(
+                        "link {name} points to {target:?}, outside the archive; refusing it"
+                    ))
+                })?;
+                TarEntry::Link { target }
+            } else {
+                // Devices, fifos and the like cannot be part of an image archive's own files.
+                continue;
+            };
+            match entries.entry(name) {
+                Entry::Occupied(occupied) => {
+                    return Err(invalid(format!(
+                        "the archive holds {} twice; which one is meant is ambiguous",
+                        occupied.key()
+                    )));
+                }
+                Entry::Vacant(vacant) => {
+                    vacant.insert(record);
+                }
+            }
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            entries,
+        })
+    }
+
+    fn source(&self, name: &str) -> Result<BlobSource, SourceError> {
+        let mut current = name.to_owned();
+        for _ in 0..MAX_LINK_HOPS {
+            match self.entries.get(&current) {
+                None => return Err(SourceError::Missing(name.to_owned())),
+                Some(TarEntry::File { offset, len }) => {
+                    return Ok(BlobSource::FileRange {
+                        file: Arc::clone(&self.file),
+                        offset: *offset,
+                        len: *len,
+                    });
+                }
+                Some(TarEntry::Link { target }) => current.clone_from(target),
+            }
+        }
+        Err(SourceError::Invalid(format!(
+            "{name} is a link that never reaches a file (a link loop); the archive is broken"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_accepts_relative_and_refuses_escapes() {
+        assert_eq!(normalize("./a/b").as_deref(), Some("a/b"));
+        assert_eq!(normalize("a//b/").as_deref(), Some("a/b"));
+        assert_eq!(normalize("/etc/passwd"), None);
+        assert_eq!(normalize("a/../../b"), None);
+        assert_eq!(normalize("."), None);
+    }
+
+    #[test]
+    fn symlink_targets_resolve_inside_the_archive() {
+        assert_eq!(
+            resolve_symlink_target("abc/layer.tar", "../def/layer.tar").as_deref(),
+            Some("def/layer.tar")
+        );
+        assert_eq!(
+            resolve_symlink_target("abc/layer.tar", "../../x"),
+            None,
+            "climbing above the root"
+        );
+        assert_eq!(resolve_symlink_target("abc/layer.tar", "/etc/passwd"), None);
+    }
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<&mut Vec<u8>>)) -> File {
+        let mut bytes = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut bytes);
+            build(&mut builder);
+            builder.finish().unwrap();
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        io::Write::write_all(&mut file, &bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file
+    }
+
+    fn append_file(builder: &mut tar::Builder<&mut Vec<u8>>, name: &str, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+    }
+
+    fn append_symlink(builder: &mut tar::Builder<&mut Vec<u8>>, name: &str, target: &str) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder.append_link(&mut header, name, target).unwrap();
+    }
+
+    #[test]
+    fn index_resolves_files_and_symlinks() {
+        let file = tar_with(|b| {
+            append_file(b, "a/layer.tar", b"layer bytes");
+            append_symlink(b, "b/layer.tar", "../a/layer.tar");
+        });
+        let index = TarIndex::build(file, Path::new("x.tar")).unwrap();
+        for name in ["a/layer.tar", "b/layer.tar"] {
+            let data = index.source(name).unwrap().read_all().unwrap();
+            assert_eq!(&data[..], b"layer bytes");
+        }
+        assert!(matches!(
+            index.source("c/layer.tar"),
+            Err(SourceError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn symlink_loops_are_reported() {
+        let file = tar_with(|b| {
+            append_symlink(b, "a", "b");
+            append_symlink(b, "b", "a");
+        });
+        let index = TarIndex::build(file, Path::new("x.tar")).unwrap();
+        let error = index.source("a").unwrap_err().to_string();
+        assert!(error.contains("loop"), "{error}");
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused() {
+        let file = tar_with(|b| {
+            append_file(b, "manifest.json", b"[]");
+            append_file(b, "./manifest.json", b"[]");
+        });
+        let error = TarIndex::build(file, Path::new("x.tar"))
+            .err()
+            .expect("duplicates must fail")
+            .to_string();
+        assert!(error.contains("twice"), "{error}");
+    }
+}
