@@ -7,12 +7,17 @@ use std::time::Instant;
 
 use crate::cli::{Cli, Command, PushArgs};
 use crate::env::Env;
-use crate::push::{PushError, PushOptions, PushedNode, Pusher, has_uncompressed_layers};
+use url::Url;
+
+use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
+use crate::push::{
+    PushError, PushOptions, PushedNode, Pusher, has_uncompressed_layers, predict_digest,
+};
 use crate::registry::{Client, RegistryError, StaticCredentials};
-use crate::report::{self, Event, PlatformReport, PushReport, Reporter};
+use crate::report::{self, EcrReport, Event, PlatformReport, PushReport, Reporter};
 use crate::reuse::KnownLayers;
-use crate::settings::{PushSettings, Target, UsageError};
-use crate::source::{self, SourceError};
+use crate::settings::{EcrTarget, PushSettings, Target, UsageError};
+use crate::source::{self, SourceError, SourceImage};
 use crate::verify::{Verifier, VerifyError};
 
 /// Exit codes, as documented in `--help` and README.
@@ -35,6 +40,8 @@ pub enum Failure {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }
 
 impl From<PushError> for Failure {
@@ -50,7 +57,8 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Source(_) => exit::INVALID,
-            Self::Registry(_) | Self::Verify(_) => exit::FAILED,
+            Self::Aws(error) if error.is_usage() => exit::INVALID,
+            Self::Registry(_) | Self::Verify(_) | Self::Aws(_) => exit::FAILED,
         }
     }
 }
@@ -104,14 +112,7 @@ pub async fn push(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport, Failure> {
     let started = Instant::now();
-    let image = {
-        let path = settings.source.clone();
-        let selection = settings.selection.clone();
-        let temp_dir = settings.temp_dir.clone();
-        tokio::task::spawn_blocking(move || source::open(&path, &selection, &temp_dir))
-            .await
-            .map_err(|e| SourceError::Invalid(format!("reading the source failed: {e}")))??
-    };
+    let image = read_source(settings).await?;
     reporter.event(&Event::SourceRead {
         description: &format!(
             "{} ({}){}",
@@ -125,31 +126,38 @@ pub async fn push(
         ),
     });
 
-    let Target::Registry { url, credentials } = &settings.target;
-    let client = Client::new(
-        url.clone(),
-        Box::new(StaticCredentials(credentials.clone())),
-        &settings.client,
-    )?;
+    let destination = connect(settings, reporter.as_ref()).await?;
+    let client = &destination.client;
 
-    let options = PushOptions {
-        tags: settings.tags.clone(),
-        jobs: settings.jobs,
-        compression: settings.compression,
-    };
     let mut known_layers = KnownLayers::default();
     if has_uncompressed_layers(&image.root) {
         known_layers
             .learn(
-                &client,
+                client,
                 &settings.repository,
                 &settings.tags,
                 settings.compression,
             )
             .await?;
     }
+    let predicted = predict_digest(&image.root, &known_layers, settings.compression);
+    let tags_to_put = check_immutable_tags(
+        client,
+        &settings.repository,
+        &settings.tags,
+        &destination.immutable_tags,
+        predicted.as_ref(),
+        reporter.as_ref(),
+    )
+    .await?;
+
+    let options = PushOptions {
+        tags: tags_to_put,
+        jobs: settings.jobs,
+        compression: settings.compression,
+    };
     let pusher = Pusher {
-        client: &client,
+        client,
         known_layers: &known_layers,
         repository: &settings.repository,
         reporter: Arc::clone(&reporter),
@@ -158,7 +166,7 @@ pub async fn push(
     let outcome = pusher.push(&image).await?;
 
     let verifier = Verifier {
-        client: &client,
+        client,
         repository: &settings.repository,
         reporter: Arc::clone(&reporter),
         mode: settings.verify,
@@ -188,8 +196,155 @@ pub async fn push(
         verify_mode: settings.verify.name().to_owned(),
         source_format: image.format.to_string(),
         duration_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        ecr: None,
+        ecr: destination.ecr,
     })
+}
+
+async fn read_source(settings: &PushSettings) -> Result<SourceImage, Failure> {
+    let path = settings.source.clone();
+    let selection = settings.selection.clone();
+    let temp_dir = settings.temp_dir.clone();
+    let image = tokio::task::spawn_blocking(move || source::open(&path, &selection, &temp_dir))
+        .await
+        .map_err(|e| SourceError::Invalid(format!("reading the source failed: {e}")))??;
+    Ok(image)
+}
+
+/// The registry to push to, authenticated.
+struct Destination {
+    client: Client,
+    ecr: Option<EcrReport>,
+    /// Tags that cannot move once they exist (ECR immutable tags).
+    immutable_tags: Vec<String>,
+}
+
+async fn connect(settings: &PushSettings, reporter: &dyn Reporter) -> Result<Destination, Failure> {
+    match &settings.target {
+        Target::Registry { url, credentials } => Ok(Destination {
+            client: Client::new(
+                url.clone(),
+                Box::new(StaticCredentials(credentials.clone())),
+                &settings.client,
+            )?,
+            ecr: None,
+            immutable_tags: Vec::new(),
+        }),
+        Target::Ecr(target) => connect_ecr(settings, target, reporter).await,
+    }
+}
+
+/// ECR: credentials → repository (created before any upload) → authorization token.
+async fn connect_ecr(
+    settings: &PushSettings,
+    target: &EcrTarget,
+    reporter: &dyn Reporter,
+) -> Result<Destination, Failure> {
+    let repository = &settings.repository;
+    let aws = Arc::new(Aws::load(target.aws.clone()).await?);
+    let session = aws.session().await?;
+    if target.public {
+        let api = aws.public_client(&session);
+        let created =
+            aws::public::ensure_repository(&api, repository, target.repository.create).await?;
+        let credentials = aws::public::login(&api).await?;
+        let url = target.registry_override.clone().unwrap_or_else(|| {
+            Url::parse(&format!("https://{}", aws::public::HOST)).expect("a valid URL")
+        });
+        let provider = EcrCredentials::new(Arc::clone(&aws), LoginTarget::Public, credentials);
+        return Ok(Destination {
+            client: Client::new(url, Box::new(provider), &settings.client)?,
+            ecr: Some(EcrReport {
+                registry_id: aws::public::HOST.to_owned(),
+                region: aws::public::REGION.to_owned(),
+                repository_uri: format!("{}/{repository}", aws::public::HOST),
+                repository_created: created,
+            }),
+            immutable_tags: Vec::new(),
+        });
+    }
+
+    let registry_id = session.account.clone();
+    let state =
+        aws::repository::ensure(&session.ecr, &registry_id, repository, &target.repository).await?;
+    for difference in &state.drift {
+        reporter.event(&Event::Warning {
+            message: &format!(
+                "repository {repository} exists with other settings than asked: {difference}; nothing was changed"
+            ),
+        });
+    }
+    let login = session.registry_login(&registry_id).await?;
+    let url = target.registry_override.clone().unwrap_or(login.endpoint);
+    let provider = EcrCredentials::new(
+        Arc::clone(&aws),
+        LoginTarget::Private {
+            registry_id: registry_id.clone(),
+        },
+        login.credentials,
+    );
+    let client = Client::new(url, Box::new(provider), &settings.client)?;
+    let repository_uri = if state.uri.is_empty() {
+        format!("{}/{repository}", client.host())
+    } else {
+        state.uri.clone()
+    };
+    Ok(Destination {
+        immutable_tags: settings
+            .tags
+            .iter()
+            .filter(|t| state.is_immutable(t))
+            .cloned()
+            .collect(),
+        client,
+        ecr: Some(EcrReport {
+            registry_id,
+            region: aws.region().to_owned(),
+            repository_uri,
+            repository_created: state.created,
+        }),
+    })
+}
+
+/// Before anything is uploaded: an immutable tag that already exists must point at this very
+/// image (an idempotent re-run: the tag is not put again), otherwise the push stops here.
+/// Returns the tags to put.
+async fn check_immutable_tags(
+    client: &Client,
+    repository: &str,
+    tags: &[String],
+    immutable: &[String],
+    predicted: Option<&oci_spec::image::Digest>,
+    reporter: &dyn Reporter,
+) -> Result<Vec<String>, Failure> {
+    let mut to_put = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if !immutable.contains(tag) {
+            to_put.push(tag.clone());
+            continue;
+        }
+        let Some((bytes, _)) = client.get_manifest(repository, tag).await? else {
+            to_put.push(tag.clone());
+            continue;
+        };
+        let existing = crate::blob::sha256_digest(&bytes);
+        if predicted == Some(&existing) {
+            reporter.event(&Event::Warning {
+                message: &format!("immutable tag {tag} already points to {existing}, this image; not putting it again"),
+            });
+        } else {
+            return Err(AwsError::TagConflict {
+                repository: repository.to_owned(),
+                tag: tag.clone(),
+                existing: existing.to_string(),
+                pushing: predicted.map_or_else(
+                    || "a different image (its layers are not in the repository)".to_owned(),
+                    ToString::to_string,
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(to_put)
 }
 
 fn platform_reports(children: &[PushedNode]) -> Vec<PlatformReport> {

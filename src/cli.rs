@@ -95,6 +95,9 @@ pub struct PushArgs {
     #[arg(long, env = "ECR_PUSH_TIMEOUT", default_value_t = 120)]
     pub timeout: u64,
 
+    #[command(flatten)]
+    pub aws: AwsArgs,
+
     /// Print the result as one JSON object on stdout.
     #[arg(long, env = "ECR_PUSH_JSON")]
     pub json: bool,
@@ -102,4 +105,97 @@ pub struct PushArgs {
     /// No progress output (errors and warnings still go to stderr).
     #[arg(long, short, env = "ECR_PUSH_QUIET")]
     pub quiet: bool,
+}
+
+/// ECR mode: where the registry and its credentials come from AWS. ECR mode is the default when
+/// `--registry` is not given; `--registry` with any of these means "ECR credentials, but talk
+/// to this URL" (VPC endpoints, tests).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Amazon ECR")]
+pub struct AwsArgs {
+    /// AWS region (default: `AWS_REGION`, `AWS_DEFAULT_REGION`, the AWS profile).
+    #[arg(long, env = "ECR_PUSH_REGION")]
+    pub region: Option<String>,
+
+    /// Account ID of the registry (default: the caller's account).
+    #[arg(long, env = "ECR_PUSH_REGISTRY_ID")]
+    pub registry_id: Option<String>,
+
+    /// Role to assume, with the web identity token if there is one (GitHub OIDC, token file,
+    /// token env var), else with the default credential chain.
+    #[arg(long, env = "ECR_PUSH_ROLE_ARN", visible_alias = "role-to-assume")]
+    pub role_arn: Option<String>,
+
+    /// Session name for the assumed role (default: ecr-push-<run id>).
+    #[arg(long, env = "ECR_PUSH_ROLE_SESSION_NAME")]
+    pub role_session_name: Option<String>,
+
+    /// Role session duration in seconds (900 to 43200; default 3600).
+    #[arg(long, env = "ECR_PUSH_ROLE_DURATION_SECONDS")]
+    pub role_duration_seconds: Option<u64>,
+
+    /// File holding a web identity (OIDC) token (default: `AWS_WEB_IDENTITY_TOKEN_FILE`).
+    #[arg(long, env = "ECR_PUSH_WEB_IDENTITY_TOKEN_FILE")]
+    pub web_identity_token_file: Option<std::path::PathBuf>,
+
+    /// Name of an environment variable holding a web identity token (GitLab `id_tokens`).
+    #[arg(long, env = "ECR_PUSH_WEB_IDENTITY_TOKEN_ENV")]
+    pub web_identity_token_env: Option<String>,
+
+    /// Audience of the GitHub OIDC token.
+    #[arg(long, env = "ECR_PUSH_AUDIENCE", default_value = "sts.amazonaws.com")]
+    pub audience: String,
+
+    /// ECR API endpoint URL (default: `AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL`, the AWS one).
+    #[arg(long, env = "ECR_PUSH_ECR_ENDPOINT")]
+    pub ecr_endpoint: Option<String>,
+
+    /// STS endpoint URL (default: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, the AWS one).
+    #[arg(long, env = "ECR_PUSH_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+
+    /// Create the repository if it does not exist.
+    #[arg(long, env = "ECR_PUSH_CREATE_REPOSITORY", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub create_repository: bool,
+
+    /// Scan images on push (for a repository created here; drift is reported otherwise).
+    #[arg(long, env = "ECR_PUSH_SCAN_ON_PUSH", num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+    pub scan_on_push: Option<bool>,
+
+    /// Tag mutability of a repository created here.
+    #[arg(long, env = "ECR_PUSH_TAG_MUTABILITY", value_enum)]
+    pub tag_mutability: Option<crate::aws::repository::TagMutability>,
+
+    /// Encryption of a repository created here.
+    #[arg(long, env = "ECR_PUSH_ENCRYPTION", value_enum)]
+    pub encryption: Option<crate::aws::repository::Encryption>,
+
+    /// KMS key (ARN or alias) for `--encryption KMS`.
+    #[arg(long, env = "ECR_PUSH_KMS_KEY")]
+    pub kms_key: Option<String>,
+
+    /// Resource tag for a repository created here, `key=value` (repeatable).
+    #[arg(
+        long = "repository-tag",
+        env = "ECR_PUSH_REPOSITORY_TAGS",
+        value_delimiter = ','
+    )]
+    pub repository_tags: Vec<String>,
+
+    /// Lifecycle policy (JSON file) for a repository created here.
+    #[arg(long, env = "ECR_PUSH_LIFECYCLE_POLICY")]
+    pub lifecycle_policy: Option<std::path::PathBuf>,
+}
+
+impl AwsArgs {
+    /// Whether any option that only makes sense for ECR was given.
+    pub fn any_given(&self) -> bool {
+        self.region.is_some()
+            || self.registry_id.is_some()
+            || self.role_arn.is_some()
+            || self.web_identity_token_file.is_some()
+            || self.web_identity_token_env.is_some()
+            || self.ecr_endpoint.is_some()
+            || self.sts_endpoint.is_some()
+    }
 }

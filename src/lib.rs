@@ -7,6 +7,7 @@
 //! [`verify`] reads it back; [`report`] is the only module that prints.
 
 pub mod app;
+pub mod aws;
 pub mod blob;
 pub mod cli;
 pub mod env;

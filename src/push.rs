@@ -385,38 +385,91 @@ fn build_manifest(
     manifest: &ImageManifest,
     blobs: &HashMap<BlobKey, PushedBlob>,
 ) -> Result<PushedManifest, PushError> {
-    let lookup = |key: &BlobKey| {
-        blobs
-            .get(key)
-            .cloned()
-            .ok_or_else(|| SourceError::Invalid(format!("internal: no upload result for {key:?}")))
+    manifest_with(manifest, &|key| blobs.get(key).cloned())?.ok_or_else(|| {
+        PushError::Source(SourceError::Invalid(
+            "internal: a blob of the manifest has no upload result".into(),
+        ))
+    })
+}
+
+/// The digest the image will have once pushed, if it can be known before uploading: stored
+/// documents have theirs; a generated manifest's is known when every layer is already in the
+/// registry (`known`), since compression would give the same bytes.
+pub fn predict_digest(
+    root: &ImageNode,
+    known: &KnownLayers,
+    compression: Compression,
+) -> Option<Digest> {
+    match root {
+        ImageNode::Index(index) => Some(index.document.digest.clone()),
+        ImageNode::Manifest(manifest) => {
+            let lookup = |key: &BlobKey| match key {
+                BlobKey::Stored(digest) => stored_blob(manifest, digest),
+                BlobKey::Compressed(diff_id) => known.get(diff_id).map(|blob| PushedBlob {
+                    media_type: compression.layer_media_type().to_owned(),
+                    ..blob.clone()
+                }),
+            };
+            manifest_with(manifest, &lookup)
+                .ok()
+                .flatten()
+                .map(|m| m.document.digest)
+        }
+    }
+}
+
+fn stored_blob(manifest: &ImageManifest, digest: &Digest) -> Option<PushedBlob> {
+    std::iter::once(&manifest.config)
+        .chain(manifest.layers.iter().filter_map(|layer| match layer {
+            Layer::Stored(blob) => Some(blob),
+            _ => None,
+        }))
+        .find(|blob| &blob.digest == digest)
+        .map(|blob| PushedBlob {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+            foreign: false,
+        })
+}
+
+/// The manifest given where each blob is (or will be) in the registry; `None` when `lookup`
+/// does not know a blob.
+fn manifest_with(
+    manifest: &ImageManifest,
+    lookup: &dyn Fn(&BlobKey) -> Option<PushedBlob>,
+) -> Result<Option<PushedManifest>, SourceError> {
+    let Some(config) = lookup(&BlobKey::Stored(manifest.config.digest.clone())) else {
+        return Ok(None);
     };
-    let config = lookup(&BlobKey::Stored(manifest.config.digest.clone()))?;
     let layers = manifest
         .layers
         .iter()
         .map(|layer| match layer {
             Layer::Stored(blob) => lookup(&BlobKey::Stored(blob.digest.clone())),
             Layer::Uncompressed { diff_id, .. } => lookup(&BlobKey::Compressed(diff_id.clone())),
-            Layer::Foreign { digest, size } => Ok(PushedBlob {
+            Layer::Foreign { digest, size } => Some(PushedBlob {
                 digest: digest.clone(),
                 size: *size,
                 media_type: String::new(),
                 foreign: true,
             }),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Option<Vec<_>>>();
+    let Some(layers) = layers else {
+        return Ok(None);
+    };
     let document = match &manifest.manifest {
         ManifestSource::Stored(document) => document.clone(),
         ManifestSource::Generated => generate_manifest(&config, &layers)?,
     };
-    Ok(PushedManifest {
+    Ok(Some(PushedManifest {
         document,
         config,
         layers,
         diff_ids: manifest.diff_ids.clone(),
         platform: manifest.platform.clone(),
-    })
+    }))
 }
 
 fn generate_manifest(config: &PushedBlob, layers: &[PushedBlob]) -> Result<Document, SourceError> {

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::aws::identity::TokenSource;
+use crate::aws::repository::{Encryption, RepositorySettings};
+use crate::aws::{AwsSettings, RoleSettings};
 use crate::blob::Compression;
-use crate::cli::{CompressionArg, PushArgs};
+use crate::cli::{AwsArgs, CompressionArg, PushArgs};
 use crate::env::{self, Env};
 use crate::registry::{BasicCredentials, ClientOptions, RetryPolicy};
 use crate::secret::Secret;
@@ -31,6 +34,18 @@ pub enum Target {
         url: Url,
         credentials: Option<BasicCredentials>,
     },
+    /// Amazon ECR: registry and credentials come from AWS.
+    Ecr(Box<EcrTarget>),
+}
+
+#[derive(Debug)]
+pub struct EcrTarget {
+    pub aws: AwsSettings,
+    /// Talk to this URL instead of the registry ECR names (VPC endpoints, tests).
+    pub registry_override: Option<Url>,
+    /// ECR Public (`public.ecr.aws`) rather than a private registry.
+    pub public: bool,
+    pub repository: RepositorySettings,
 }
 
 #[derive(Debug)]
@@ -65,17 +80,7 @@ impl PushSettings {
                 .transpose()
                 .map_err(|e| usage(format!("--platform: {e}")))?,
         };
-        let target = match args.registry.as_deref().filter(|s| !s.is_empty()) {
-            Some(registry) => Target::Registry {
-                url: parse_registry_url(registry)?,
-                credentials: registry_credentials(args.username.as_deref(), env)?,
-            },
-            None => {
-                return Err(usage(
-                    "no --registry given; pass the registry URL, e.g. --registry http://127.0.0.1:5000",
-                ));
-            }
-        };
+        let target = target(args, env)?;
         if args.jobs == 0 || args.jobs > 64 {
             return Err(usage(format!(
                 "--jobs must be between 1 and 64, not {}",
@@ -113,6 +118,252 @@ impl PushSettings {
             github_actions: env.is_github_actions(),
         })
     }
+}
+
+/// Plain registry, or ECR (the default without `--registry`; also when the registry URL is an
+/// ECR one or AWS options are given).
+fn target(args: &PushArgs, env: &Env) -> Result<Target, UsageError> {
+    let registry = args
+        .registry
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_registry_url)
+        .transpose()?;
+    let ecr_host = registry
+        .as_ref()
+        .and_then(|url| url.host_str())
+        .and_then(parse_ecr_host);
+    let public = registry.as_ref().and_then(|url| url.host_str()) == Some(crate::aws::public::HOST);
+    let ecr_mode = registry.is_none() || ecr_host.is_some() || public || args.aws.any_given();
+    if !ecr_mode {
+        return Ok(Target::Registry {
+            url: registry.expect("plain registry mode has a registry"),
+            credentials: registry_credentials(args.username.as_deref(), env)?,
+        });
+    }
+    if args.username.is_some() {
+        return Err(usage(
+            "--username is for plain registries; in ECR mode the credentials come from AWS",
+        ));
+    }
+    let mut aws = aws_settings(&args.aws, env)?;
+    if let Some((account, region)) = &ecr_host {
+        aws.region.get_or_insert_with(|| region.clone());
+        aws.registry_id.get_or_insert_with(|| account.clone());
+    }
+    let registry_override = registry.filter(|_| ecr_host.is_none() && !public);
+    if let Some(url) = &registry_override
+        && url.scheme() == "http"
+        && !is_loopback(url)
+    {
+        return Err(usage(format!(
+            "--registry {url} would send the ECR password over plain HTTP; use https:// (plain \
+             http is only allowed to a loopback address)"
+        )));
+    }
+    Ok(Target::Ecr(Box::new(EcrTarget {
+        aws,
+        registry_override,
+        public,
+        repository: repository_settings(&args.aws)?,
+    })))
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        None => false,
+    }
+}
+
+/// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` or the dual-stack
+/// `<account>.dkr-ecr[-fips].<region>.on.aws` → (account, region).
+pub fn parse_ecr_host(host: &str) -> Option<(String, String)> {
+    let mut parts = host.split('.');
+    let account = parts.next()?;
+    let service = parts.next()?;
+    let rest: Vec<&str> = parts.collect();
+    let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    let region = match (service, rest.as_slice()) {
+        (
+            "dkr",
+            ["ecr" | "ecr-fips", region, "amazonaws", "com"]
+            | ["ecr" | "ecr-fips", region, "amazonaws", "com", "cn"],
+        )
+        | ("dkr-ecr" | "dkr-ecr-fips", [region, "on", "aws"]) => *region,
+        _ => return None,
+    };
+    account_ok.then(|| (account.to_owned(), region.to_owned()))
+}
+
+fn aws_settings(args: &AwsArgs, env: &Env) -> Result<AwsSettings, UsageError> {
+    let role = args
+        .role_arn
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|arn| role_settings(arn, args, env))
+        .transpose()?;
+    if role.is_none()
+        && (args.web_identity_token_file.is_some() || args.web_identity_token_env.is_some())
+    {
+        return Err(usage(
+            "a web identity token was given but no role to assume; pass --role-arn too",
+        ));
+    }
+    let token = if role.is_some() {
+        token_source(args, env)?
+    } else {
+        None
+    };
+    if let Some(id) = &args.registry_id
+        && !(id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(usage(format!(
+            "--registry-id must be a 12-digit AWS account ID, not {id:?}"
+        )));
+    }
+    Ok(AwsSettings {
+        region: args.region.clone().filter(|s| !s.is_empty()),
+        registry_id: args.registry_id.clone(),
+        role,
+        token,
+        on_github: env.is_github_actions(),
+        ecr_endpoint: args.ecr_endpoint.clone().filter(|s| !s.is_empty()),
+        sts_endpoint: args.sts_endpoint.clone().filter(|s| !s.is_empty()),
+    })
+}
+
+fn role_settings(arn: &str, args: &AwsArgs, env: &Env) -> Result<RoleSettings, UsageError> {
+    if !(arn.starts_with("arn:") && arn.contains(":role/")) {
+        return Err(usage(format!(
+            "--role-arn {arn:?} is not a role ARN; it looks like arn:aws:iam::123456789012:role/name"
+        )));
+    }
+    let session_name = match &args.role_session_name {
+        Some(name) => name.clone(),
+        None => format!(
+            "ecr-push-{}",
+            env.get("GITHUB_RUN_ID")
+                .or_else(|| env.get("CI_JOB_ID"))
+                .map_or_else(|| unix_seconds().to_string(), str::to_owned)
+        ),
+    };
+    let valid_name = (2..=64).contains(&session_name.len())
+        && session_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+    if !valid_name {
+        return Err(usage(format!(
+            "--role-session-name {session_name:?} must be 2 to 64 characters of letters, digits \
+             and _+=,.@-"
+        )));
+    }
+    let duration = args
+        .role_duration_seconds
+        .map(|seconds| {
+            if (900..=43_200).contains(&seconds) {
+                Ok(Duration::from_secs(seconds))
+            } else {
+                Err(usage(format!(
+                    "--role-duration-seconds must be between 900 and 43200, not {seconds}"
+                )))
+            }
+        })
+        .transpose()?;
+    Ok(RoleSettings {
+        arn: arn.to_owned(),
+        session_name,
+        duration,
+    })
+}
+
+/// The web identity token to exchange: an explicit file or env var first, then GitHub's OIDC
+/// token service, then `AWS_WEB_IDENTITY_TOKEN_FILE`.
+fn token_source(args: &AwsArgs, env: &Env) -> Result<Option<TokenSource>, UsageError> {
+    if let Some(path) = &args.web_identity_token_file {
+        return Ok(Some(TokenSource::File(path.clone())));
+    }
+    if let Some(name) = args
+        .web_identity_token_env
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        let value = env.secret(name).ok_or_else(|| {
+            usage(format!(
+                "--web-identity-token-env {name}: the variable ${name} is empty or not set"
+            ))
+        })?;
+        return Ok(Some(TokenSource::EnvVar {
+            name: name.to_owned(),
+            value,
+        }));
+    }
+    if let (Some(url), Some(token)) = (
+        env.get(env::ACTIONS_ID_TOKEN_REQUEST_URL),
+        env.secret(env::ACTIONS_ID_TOKEN_REQUEST_TOKEN),
+    ) {
+        return Ok(Some(TokenSource::GitHub {
+            request_url: url.to_owned(),
+            request_token: token,
+            audience: args.audience.clone(),
+        }));
+    }
+    Ok(env
+        .get(env::AWS_WEB_IDENTITY_TOKEN_FILE)
+        .map(|path| TokenSource::File(PathBuf::from(path))))
+}
+
+fn repository_settings(args: &AwsArgs) -> Result<RepositorySettings, UsageError> {
+    let tags = args
+        .repository_tags
+        .iter()
+        .filter(|t| !t.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(key, _)| !key.trim().is_empty())
+                .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+                .ok_or_else(|| usage(format!("--repository-tag {pair:?} must be key=value")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lifecycle_policy = args
+        .lifecycle_policy
+        .as_ref()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                usage(format!(
+                    "cannot read --lifecycle-policy {}: {e}",
+                    path.display()
+                ))
+            })?;
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                usage(format!(
+                    "--lifecycle-policy {} is not valid JSON: {e}",
+                    path.display()
+                ))
+            })?;
+            Ok(text)
+        })
+        .transpose()?;
+    if args.kms_key.is_some() && args.encryption == Some(Encryption::Aes256) {
+        return Err(usage("--kms-key needs --encryption KMS"));
+    }
+    Ok(RepositorySettings {
+        create: args.create_repository,
+        scan_on_push: args.scan_on_push,
+        tag_mutability: args.tag_mutability,
+        encryption: args.encryption,
+        kms_key: args.kms_key.clone(),
+        tags,
+        lifecycle_policy,
+    })
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn compression(kind: CompressionArg, level: Option<i32>) -> Result<Compression, UsageError> {
@@ -301,6 +552,7 @@ impl Target {
     pub fn secret(&self) -> Option<&Secret> {
         match self {
             Self::Registry { credentials, .. } => credentials.as_ref().map(|c| &c.password),
+            Self::Ecr(_) => None,
         }
     }
 }

@@ -1,0 +1,396 @@
+//! The ECR repository: created before any upload when missing (ECR drops the connection or
+//! answers `NAME_UNKNOWN` when a push targets a missing repository), with the requested
+//! settings and lifecycle policy. An existing repository is never changed silently: each setting
+//! that differs from the request is reported as drift.
+
+use aws_sdk_ecr::types::{
+    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
+    Repository, Tag,
+};
+
+use super::{AwsError, api_error};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TagMutability {
+    Mutable,
+    Immutable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Encryption {
+    Aes256,
+    Kms,
+}
+
+/// What the user asked the repository to be. `None` means "not asked": ECR's default when
+/// creating, not compared when the repository exists.
+#[derive(Clone, Debug, Default)]
+pub struct RepositorySettings {
+    pub create: bool,
+    pub scan_on_push: Option<bool>,
+    pub tag_mutability: Option<TagMutability>,
+    pub encryption: Option<Encryption>,
+    pub kms_key: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// The lifecycle policy JSON text.
+    pub lifecycle_policy: Option<String>,
+}
+
+/// The repository as it is after `ensure`.
+#[derive(Clone, Debug)]
+pub struct RepositoryState {
+    pub uri: String,
+    pub created: bool,
+    pub mutability: ImageTagMutability,
+    /// Wildcard filters of `*_WITH_EXCLUSION` mutability.
+    pub exclusion_filters: Vec<String>,
+    /// Differences between the request and an existing repository, one sentence each.
+    pub drift: Vec<String>,
+}
+
+impl RepositoryState {
+    /// Whether `tag` cannot be moved once it exists.
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        let excluded = self
+            .exclusion_filters
+            .iter()
+            .any(|filter| wildcard_match(filter, tag));
+        match self.mutability {
+            ImageTagMutability::Immutable => true,
+            ImageTagMutability::ImmutableWithExclusion => !excluded,
+            ImageTagMutability::MutableWithExclusion => excluded,
+            _ => false,
+        }
+    }
+}
+
+/// `*` matches any run of characters (ECR's exclusion filter syntax).
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Makes sure `name` exists in `registry_id`, creating it as requested.
+pub async fn ensure(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+    wanted: &RepositorySettings,
+) -> Result<RepositoryState, AwsError> {
+    match describe(ecr, registry_id, name).await? {
+        Some(existing) => existing_state(ecr, registry_id, name, &existing, wanted).await,
+        None if !wanted.create => Err(AwsError::RepositoryMissing {
+            repository: name.to_owned(),
+            registry_id: registry_id.to_owned(),
+        }),
+        None => create(ecr, registry_id, name, wanted).await,
+    }
+}
+
+async fn describe(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+) -> Result<Option<Repository>, AwsError> {
+    match ecr
+        .describe_repositories()
+        .registry_id(registry_id)
+        .repository_names(name)
+        .send()
+        .await
+    {
+        Ok(output) => Ok(output.repositories().first().cloned()),
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_repository_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(api_error("ecr:DescribeRepositories", Some(name), &error)),
+    }
+}
+
+async fn create(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+    wanted: &RepositorySettings,
+) -> Result<RepositoryState, AwsError> {
+    let mut request = ecr
+        .create_repository()
+        .registry_id(registry_id)
+        .repository_name(name)
+        .set_image_tag_mutability(wanted.tag_mutability.map(mutability))
+        .set_image_scanning_configuration(wanted.scan_on_push.map(|scan| {
+            ImageScanningConfiguration::builder()
+                .scan_on_push(scan)
+                .build()
+        }));
+    if let Some(encryption) = encryption_configuration(wanted)? {
+        request = request.encryption_configuration(encryption);
+    }
+    for (key, value) in &wanted.tags {
+        let tag = Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .map_err(|e| AwsError::Invalid(format!("repository tag {key}: {e}")))?;
+        request = request.tags(tag);
+    }
+    let repository = match request.send().await {
+        Ok(output) => output.repository().cloned(),
+        // Another job created it at the same moment: use it as it is.
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_repository_already_exists_exception()) =>
+        {
+            let existing =
+                describe(ecr, registry_id, name)
+                    .await?
+                    .ok_or_else(|| AwsError::Api {
+                        action: "ecr:CreateRepository".into(),
+                        message: format!("{name} both exists and does not"),
+                    })?;
+            return existing_state(ecr, registry_id, name, &existing, wanted).await;
+        }
+        Err(error) => return Err(api_error("ecr:CreateRepository", Some(name), &error)),
+    };
+    if let Some(policy) = &wanted.lifecycle_policy {
+        ecr.put_lifecycle_policy()
+            .registry_id(registry_id)
+            .repository_name(name)
+            .lifecycle_policy_text(policy)
+            .send()
+            .await
+            .map_err(|e| api_error("ecr:PutLifecyclePolicy", Some(name), &e))?;
+    }
+    Ok(RepositoryState {
+        uri: repository
+            .as_ref()
+            .and_then(Repository::repository_uri)
+            .unwrap_or_default()
+            .to_owned(),
+        created: true,
+        mutability: repository
+            .as_ref()
+            .and_then(Repository::image_tag_mutability)
+            .cloned()
+            .unwrap_or(ImageTagMutability::Mutable),
+        exclusion_filters: repository
+            .as_ref()
+            .map(exclusion_filters)
+            .unwrap_or_default(),
+        drift: Vec::new(),
+    })
+}
+
+fn mutability(value: TagMutability) -> ImageTagMutability {
+    match value {
+        TagMutability::Mutable => ImageTagMutability::Mutable,
+        TagMutability::Immutable => ImageTagMutability::Immutable,
+    }
+}
+
+fn encryption_configuration(
+    wanted: &RepositorySettings,
+) -> Result<Option<EncryptionConfiguration>, AwsError> {
+    let kind = match (wanted.encryption, &wanted.kms_key) {
+        (None, None) => return Ok(None),
+        (Some(Encryption::Aes256), Some(_)) => {
+            return Err(AwsError::Invalid(
+                "--kms-key needs --encryption KMS, not AES256".into(),
+            ));
+        }
+        (Some(Encryption::Aes256), None) => EncryptionType::Aes256,
+        (Some(Encryption::Kms) | None, _) => EncryptionType::Kms,
+    };
+    EncryptionConfiguration::builder()
+        .encryption_type(kind)
+        .set_kms_key(wanted.kms_key.clone())
+        .build()
+        .map(Some)
+        .map_err(|e| AwsError::Invalid(format!("encryption settings: {e}")))
+}
+
+fn exclusion_filters(repository: &Repository) -> Vec<String> {
+    repository
+        .image_tag_mutability_exclusion_filters()
+        .iter()
+        .map(|f| f.filter().to_owned())
+        .collect()
+}
+
+async fn existing_state(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+    existing: &Repository,
+    wanted: &RepositorySettings,
+) -> Result<RepositoryState, AwsError> {
+    let mut drift = Vec::new();
+    let current_mutability = existing
+        .image_tag_mutability()
+        .cloned()
+        .unwrap_or(ImageTagMutability::Mutable);
+    if let Some(asked) = wanted.tag_mutability
+        && mutability(asked) != current_mutability
+    {
+        drift.push(format!(
+            "tag mutability is {} (asked: {})",
+            current_mutability.as_str(),
+            mutability(asked).as_str()
+        ));
+    }
+    if let Some(asked) = wanted.scan_on_push {
+        let current = existing
+            .image_scanning_configuration()
+            .is_some_and(ImageScanningConfiguration::scan_on_push);
+        if current != asked {
+            drift.push(format!("scan on push is {current} (asked: {asked})"));
+        }
+    }
+    if let Some(asked) = encryption_configuration(wanted)? {
+        let current = existing.encryption_configuration();
+        let current_type = current.map_or("AES256", |c| c.encryption_type().as_str());
+        if current_type != asked.encryption_type().as_str()
+            || (asked.kms_key().is_some()
+                && current.and_then(EncryptionConfiguration::kms_key) != asked.kms_key())
+        {
+            drift.push(format!(
+                "encryption is {current_type}{} (asked: {}{}); encryption cannot change after creation",
+                current.and_then(EncryptionConfiguration::kms_key).map(|k| format!(" with {k}")).unwrap_or_default(),
+                asked.encryption_type().as_str(),
+                asked.kms_key().map(|k| format!(" with {k}")).unwrap_or_default(),
+            ));
+        }
+    }
+    if !wanted.tags.is_empty()
+        && let Some(arn) = existing.repository_arn()
+    {
+        let output = ecr
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("ecr:ListTagsForResource", Some(name), &e))?;
+        for (key, value) in &wanted.tags {
+            let current = output
+                .tags()
+                .iter()
+                .find(|t| t.key() == key)
+                .map(Tag::value);
+            if current != Some(value.as_str()) {
+                drift.push(format!(
+                    "resource tag {key} is {} (asked: {value})",
+                    current.map_or_else(|| "not set".to_owned(), |v| format!("{v:?}"))
+                ));
+            }
+        }
+    }
+    if let Some(asked) = &wanted.lifecycle_policy {
+        let current = match ecr
+            .get_lifecycle_policy()
+            .registry_id(registry_id)
+            .repository_name(name)
+            .send()
+            .await
+        {
+            Ok(output) => output.lifecycle_policy_text().map(str::to_owned),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_lifecycle_policy_not_found_exception()) =>
+            {
+                None
+            }
+            Err(error) => return Err(api_error("ecr:GetLifecyclePolicy", Some(name), &error)),
+        };
+        if !same_json(current.as_deref(), asked) {
+            drift.push(if current.is_some() {
+                "the lifecycle policy differs from the one given".to_owned()
+            } else {
+                "the repository has no lifecycle policy".to_owned()
+            });
+        }
+    }
+    Ok(RepositoryState {
+        uri: existing.repository_uri().unwrap_or_default().to_owned(),
+        created: false,
+        mutability: current_mutability,
+        exclusion_filters: exclusion_filters(existing),
+        drift,
+    })
+}
+
+/// JSON documents compared by value (ECR re-serialises policies).
+fn same_json(current: Option<&str>, asked: &str) -> bool {
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+    match (current.and_then(parse), parse(asked)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_ecr_exclusion_filters() {
+        assert!(wildcard_match("latest", "latest"));
+        assert!(!wildcard_match("latest", "latest2"));
+        assert!(wildcard_match("dev-*", "dev-123"));
+        assert!(wildcard_match("*-snapshot", "1.0-snapshot"));
+        assert!(wildcard_match("a*b*c", "a-x-b-y-c"));
+        assert!(!wildcard_match("a*b*c", "a-x-c"));
+        assert!(wildcard_match("*", "anything"));
+    }
+
+    #[test]
+    fn immutability_follows_mode_and_filters() {
+        let state = |mutability, filters: &[&str]| RepositoryState {
+            uri: String::new(),
+            created: false,
+            mutability,
+            exclusion_filters: filters.iter().map(|s| (*s).to_owned()).collect(),
+            drift: Vec::new(),
+        };
+        assert!(state(ImageTagMutability::Immutable, &[]).is_immutable("v1"));
+        assert!(!state(ImageTagMutability::Mutable, &[]).is_immutable("v1"));
+        let with_exclusion = state(ImageTagMutability::ImmutableWithExclusion, &["latest"]);
+        assert!(with_exclusion.is_immutable("v1"));
+        assert!(!with_exclusion.is_immutable("latest"));
+        let mutable_with_exclusion =
+            state(ImageTagMutability::MutableWithExclusion, &["release-*"]);
+        assert!(mutable_with_exclusion.is_immutable("release-1"));
+        assert!(!mutable_with_exclusion.is_immutable("dev"));
+    }
+
+    #[test]
+    fn policies_compare_by_value() {
+        assert!(same_json(
+            Some(r#"{"rules": [1, 2]}"#),
+            r#"{"rules":[1,2]}"#
+        ));
+        assert!(!same_json(Some(r#"{"rules": [1]}"#), r#"{"rules":[1,2]}"#));
+        assert!(!same_json(None, "{}"));
+    }
+}
