@@ -447,31 +447,146 @@ pub fn parse_registry_url(text: &str) -> Result<Url, UsageError> {
     Ok(url)
 }
 
-/// The tags to push: the given ones, or the commit SHA. Each must be a valid tag.
+/// The tags to push: the given ones (templates expanded), or the commit SHA. Each must be a
+/// valid tag.
 fn resolve_tags(given: &[String], env: &Env) -> Result<Vec<String>, UsageError> {
-    let mut tags: Vec<String> = given
+    let mut templates: Vec<&str> = given
         .iter()
         .flat_map(|t| t.split(['\n', ',']))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(str::to_owned)
         .collect();
-    if tags.is_empty() {
-        tags.push(commit_sha(env).ok_or_else(|| {
-            usage(
-                "no --tag given and no commit SHA found (GITHUB_SHA, CI_COMMIT_SHA, or a git \
-                 checkout in the current directory); pass --tag <tag>",
-            )
-        })?);
+    if templates.is_empty() {
+        templates.push("{sha}");
     }
-    let mut unique = Vec::with_capacity(tags.len());
-    for tag in tags {
+    let mut unique = Vec::with_capacity(templates.len());
+    for template in templates {
+        let tag = expand_tag(template, env)?;
         validate_tag(&tag)?;
         if !unique.contains(&tag) {
             unique.push(tag);
         }
     }
     Ok(unique)
+}
+
+/// Expands `{sha}`, `{short_sha}`, `{branch}`, `{run_number}` and `{date}` in a tag, so CI
+/// configurations need no shell to build tags.
+fn expand_tag(template: &str, env: &Env) -> Result<String, UsageError> {
+    let mut tag = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        tag.push_str(&rest[..open]);
+        let close = rest[open..].find('}').ok_or_else(|| {
+            usage(format!(
+                "tag template {template:?} has a '{{' without a closing '}}'"
+            ))
+        })? + open;
+        tag.push_str(&template_value(&rest[open + 1..close], template, env)?);
+        rest = &rest[close + 1..];
+    }
+    tag.push_str(rest);
+    Ok(tag)
+}
+
+fn template_value(name: &str, template: &str, env: &Env) -> Result<String, UsageError> {
+    let missing = |what: &str| {
+        usage(format!(
+            "tag template {template:?} needs {what}, which is not known here; pass the tag literally"
+        ))
+    };
+    let sha = || {
+        commit_sha(env).ok_or_else(|| {
+            usage(
+                "no --tag given and no commit SHA found (GITHUB_SHA, CI_COMMIT_SHA, or a git \
+                 checkout in the current directory); pass --tag <tag>",
+            )
+        })
+    };
+    match name {
+        "sha" => sha(),
+        "short_sha" => Ok(sha()?.chars().take(7).collect()),
+        "branch" => branch(env).map(|b| sanitize_tag_part(&b)).ok_or_else(|| {
+            missing("the branch (GITHUB_HEAD_REF, GITHUB_REF_NAME, CI_COMMIT_REF_NAME or git)")
+        }),
+        "run_number" => [
+            "GITHUB_RUN_NUMBER",
+            "CI_PIPELINE_IID",
+            "BUILDKITE_BUILD_NUMBER",
+            "BUILD_NUMBER",
+        ]
+        .iter()
+        .find_map(|name| env.get(name))
+        .map(str::to_owned)
+        .ok_or_else(|| missing("the run number (GITHUB_RUN_NUMBER, CI_PIPELINE_IID)")),
+        "date" => Ok(utc_date(unix_seconds())),
+        other => Err(usage(format!(
+            "tag template {template:?} uses {{{other}}}; known are {{sha}}, {{short_sha}}, \
+             {{branch}}, {{run_number}} and {{date}}"
+        ))),
+    }
+}
+
+fn branch(env: &Env) -> Option<String> {
+    // On a pull request GITHUB_REF_NAME is `<n>/merge`; the source branch is GITHUB_HEAD_REF.
+    if let Some(name) = [
+        "GITHUB_HEAD_REF",
+        "GITHUB_REF_NAME",
+        "CI_COMMIT_REF_NAME",
+        "BUILDKITE_BRANCH",
+    ]
+    .iter()
+    .find_map(|name| env.get(name))
+    {
+        return Some(name.to_owned());
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "--abbrev-ref", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let name = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (output.status.success() && !name.is_empty() && name != "HEAD").then_some(name)
+}
+
+/// Makes a branch name usable in a tag: `feature/x` → `feature-x`.
+fn sanitize_tag_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    out.trim_start_matches(['-', '.'])
+        .trim_end_matches('-')
+        .chars()
+        .take(128)
+        .collect()
+}
+
+/// `YYYYMMDD` in UTC (days-to-civil conversion, to avoid a date library for one format).
+fn utc_date(unix_seconds: u64) -> String {
+    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}")
 }
 
 fn commit_sha(env: &Env) -> Option<String> {
@@ -598,6 +713,60 @@ mod tests {
         assert_eq!(resolve_tags(&[], &env).unwrap(), vec!["abc"]);
         let env = Env::from_pairs([(env::CI_COMMIT_SHA, "def")]);
         assert_eq!(resolve_tags(&[], &env).unwrap(), vec!["def"]);
+    }
+
+    #[test]
+    fn templates_expand_from_ci_variables() {
+        let env = Env::from_pairs([
+            (env::GITHUB_SHA, "0123456789abcdef0123456789abcdef01234567"),
+            ("GITHUB_REF_NAME", "feature/new UI"),
+            ("GITHUB_RUN_NUMBER", "42"),
+        ]);
+        let tags = resolve_tags(
+            &[
+                "{branch}-{short_sha}".into(),
+                "build-{run_number}".into(),
+                "{sha}".into(),
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            tags,
+            vec![
+                "feature-new-UI-0123456",
+                "build-42",
+                "0123456789abcdef0123456789abcdef01234567"
+            ]
+        );
+        assert!(resolve_tags(&["{nope}".into()], &env).is_err());
+        assert!(resolve_tags(&["{sha".into()], &env).is_err());
+    }
+
+    #[test]
+    fn pull_requests_use_the_source_branch() {
+        let env = Env::from_pairs([
+            ("GITHUB_REF_NAME", "17/merge"),
+            ("GITHUB_HEAD_REF", "fix/bug"),
+        ]);
+        assert_eq!(
+            resolve_tags(&["{branch}".into()], &env).unwrap(),
+            vec!["fix-bug"]
+        );
+    }
+
+    #[test]
+    fn dates_are_utc_days() {
+        assert_eq!(utc_date(0), "19700101");
+        assert_eq!(utc_date(951_782_400), "20000229");
+        assert_eq!(utc_date(1_795_392_000), "20261123");
+    }
+
+    #[test]
+    fn branch_names_are_sanitised() {
+        assert_eq!(sanitize_tag_part("feature/x"), "feature-x");
+        assert_eq!(sanitize_tag_part("--weird//name--"), "weird-name");
+        assert_eq!(sanitize_tag_part(".hidden"), "hidden");
     }
 
     #[test]
