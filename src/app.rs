@@ -328,7 +328,7 @@ async fn check_immutable_tags(
         };
         let existing = crate::blob::sha256_digest(&bytes);
         if predicted == Some(&existing) {
-            reporter.event(&Event::Warning {
+            reporter.event(&Event::Note {
                 message: &format!("immutable tag {tag} already points to {existing}, this image; not putting it again"),
             });
         } else {

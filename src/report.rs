@@ -45,6 +45,10 @@ pub enum Event<'a> {
     Verified {
         what: &'a str,
     },
+    /// Something worth knowing that is not a problem.
+    Note {
+        message: &'a str,
+    },
     Warning {
         message: &'a str,
     },
@@ -93,6 +97,7 @@ impl Reporter for Lines {
             },
             Event::ManifestPut { reference, digest } => format!("put {reference} -> {digest}"),
             Event::Verified { what } => format!("verified {what}"),
+            Event::Note { message } => (*message).to_owned(),
             Event::Warning { message } => format!("{}{message}", self.warning_prefix),
         };
         eprintln!("{line}");
@@ -178,6 +183,9 @@ impl Reporter for Bars {
             }
             Event::Verified { what } => {
                 let _ = self.multi.println(format!("verified {what}"));
+            }
+            Event::Note { message } => {
+                let _ = self.multi.println(*message);
             }
             Event::Warning { message } => {
                 let _ = self.multi.println(format!("warning: {message}"));
