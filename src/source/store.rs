@@ -206,6 +206,9 @@ fn decompress_to_temp(
             ),
         });
     }
+    // The tar reader assumes it starts at offset 0.
+    temp.seek(SeekFrom::Start(0))
+        .map_err(|e| SourceError::io(temp_dir, e))?;
     Ok(temp)
 }
 
