@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the end-to-end tests against a real
+# registry (docker-registry), the AWS API emulator (moto_server) and skopeo. Installs what is
+# missing first when it can (root or sudo on Debian/Ubuntu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=(docker-registry skopeo htpasswd moto_server zstd)
+missing=()
+for tool in "${need[@]}"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    echo "installing test dependencies (missing: ${missing[*]})" >&2
+    ./scripts/install-test-deps.sh
+  else
+    echo "error: the tests need: ${missing[*]}; install them with scripts/install-test-deps.sh (Debian/Ubuntu)" >&2
+    exit 2
+  fi
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+jobs="${CARGO_BUILD_JOBS:-2}"
+
+cargo fmt --check
+cargo clippy --locked -j "$jobs" --all-targets -- -D warnings
+cargo test --locked -j "$jobs" -- --test-threads="${TEST_THREADS:-4}"
