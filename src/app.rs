@@ -64,6 +64,10 @@ impl Failure {
 }
 
 pub fn run(cli: Cli, env: &Env) -> ExitCode {
+    if env.is_github_actions() {
+        // From here on every secret is masked in the job log the moment it is created.
+        crate::secret::set_mask_hook(crate::github::add_mask);
+    }
     match cli.command {
         Command::Push(args) => finish(run_push(&args, env), env.is_github_actions()),
     }

@@ -11,6 +11,7 @@ pub mod aws;
 pub mod blob;
 pub mod cli;
 pub mod env;
+pub mod github;
 pub mod push;
 pub mod registry;
 pub mod report;

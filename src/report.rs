@@ -298,17 +298,10 @@ pub fn print_error(error: &dyn std::error::Error, github_actions: bool) {
     if github_actions {
         eprintln!(
             "::error title=ecr-push failed::{}",
-            escape_annotation(&message)
+            crate::github::escape_data(&message)
         );
     }
     eprintln!("error: {message}");
-}
-
-/// Workflow commands end at a newline; `%`, CR and LF must be escaped.
-pub fn escape_annotation(text: &str) -> String {
-    text.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
 }
 
 #[cfg(test)]

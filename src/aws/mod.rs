@@ -277,43 +277,7 @@ impl Aws {
         source: &TokenSource,
     ) -> Result<(SharedCredentialsProvider, Option<String>), AwsError> {
         let token = source.token().await?;
-        let response = self
-            .sts_client(None)
-            .assume_role_with_web_identity()
-            .role_arn(&role.arn)
-            .role_session_name(&role.session_name)
-            .set_duration_seconds(role.duration.map(duration_seconds))
-            .web_identity_token(token.expose())
-            .send()
-            .await;
-        let output = match response {
-            Ok(output) => output,
-            Err(SdkError::ServiceError(context)) => {
-                let error = context.err();
-                return Err(AwsError::TrustPolicy {
-                    role: role.arn.clone(),
-                    code: error.code().unwrap_or("error").to_owned(),
-                    message: error.message().unwrap_or("no message").to_owned(),
-                    claims: Claims::peek(&token).map_or_else(
-                        || format!("{} (not a JWT)", source.describe()),
-                        |claims| claims.describe(),
-                    ),
-                });
-            }
-            Err(other) => {
-                return Err(api_error(
-                    "sts:AssumeRoleWithWebIdentity",
-                    Some(&role.arn),
-                    &other,
-                ));
-            }
-        };
-        let credentials = session_credentials(output.credentials(), "web-identity")?;
-        let account = output
-            .assumed_role_user()
-            .and_then(|user| account_of_arn(user.arn()))
-            .or_else(|| account_of_arn(&role.arn));
-        Ok((SharedCredentialsProvider::new(credentials), account))
+        exchange_web_identity(&self.sts_client(None), role, &token, source).await
     }
 
     async fn assume_role(
@@ -385,6 +349,52 @@ impl Aws {
                 message: "no account in the answer; pass --registry-id".into(),
             })
     }
+}
+
+/// STS `AssumeRoleWithWebIdentity`. When STS refuses, the error shows the token's claims (never
+/// the token) next to the role, which is what a trust-policy mismatch needs to be fixed.
+async fn exchange_web_identity(
+    sts: &aws_sdk_sts::Client,
+    role: &RoleSettings,
+    token: &Secret,
+    source: &TokenSource,
+) -> Result<(SharedCredentialsProvider, Option<String>), AwsError> {
+    let response = sts
+        .assume_role_with_web_identity()
+        .role_arn(&role.arn)
+        .role_session_name(&role.session_name)
+        .set_duration_seconds(role.duration.map(duration_seconds))
+        .web_identity_token(token.expose())
+        .send()
+        .await;
+    let output = match response {
+        Ok(output) => output,
+        Err(SdkError::ServiceError(context)) => {
+            let error = context.err();
+            return Err(AwsError::TrustPolicy {
+                role: role.arn.clone(),
+                code: error.code().unwrap_or("error").to_owned(),
+                message: error.message().unwrap_or("no message").to_owned(),
+                claims: Claims::peek(token).map_or_else(
+                    || format!("{} (not a JWT)", source.describe()),
+                    |claims| claims.describe(),
+                ),
+            });
+        }
+        Err(other) => {
+            return Err(api_error(
+                "sts:AssumeRoleWithWebIdentity",
+                Some(&role.arn),
+                &other,
+            ));
+        }
+    };
+    let credentials = session_credentials(output.credentials(), "web-identity")?;
+    let account = output
+        .assumed_role_user()
+        .and_then(|user| account_of_arn(user.arn()))
+        .or_else(|| account_of_arn(&role.arn));
+    Ok((SharedCredentialsProvider::new(credentials), account))
 }
 
 impl Session {
@@ -541,6 +551,103 @@ impl CredentialProvider for EcrCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
+    use aws_smithy_mocks::{mock, mock_client};
+
+    fn role() -> RoleSettings {
+        RoleSettings {
+            arn: "arn:aws:iam::123456789012:role/ci".into(),
+            session_name: "s".into(),
+            duration: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_web_identity_shows_claims_but_never_the_token() {
+        let rule = mock!(aws_sdk_sts::Client::assume_role_with_web_identity).then_error(|| {
+            AssumeRoleWithWebIdentityError::generic(
+                aws_sdk_sts::error::ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("Not authorized to perform sts:AssumeRoleWithWebIdentity")
+                    .build(),
+            )
+        });
+        let sts = mock_client!(aws_sdk_sts, [&rule]);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            r#"{"sub":"repo:acme/app:pull_request","aud":"sts.amazonaws.com","iss":"https://token.actions.githubusercontent.com"}"#,
+        );
+        let token = Secret::new(format!(
+            "eyJhbGciOiJSUzI1NiJ9.{payload}.c2VjcmV0LXNpZ25hdHVyZQ"
+        ));
+        let source = TokenSource::EnvVar {
+            name: "T".into(),
+            value: token.clone(),
+        };
+        let Err(error) = exchange_web_identity(&sts, &role(), &token, &source).await else {
+            panic!("STS refused, so must the exchange");
+        };
+        let error = error.to_string();
+        assert!(error.contains("repo:acme/app:pull_request"), "{error}");
+        assert!(error.contains("sts.amazonaws.com"), "{error}");
+        assert!(
+            error.contains("arn:aws:iam::123456789012:role/ci"),
+            "{error}"
+        );
+        assert!(error.contains("trust policy"), "{error}");
+        assert!(
+            !error.contains("c2VjcmV0LXNpZ25hdHVyZQ") && !error.contains(&payload),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn access_denied_on_ecr_names_the_iam_action() {
+        use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
+        let rule = mock!(aws_sdk_ecr::Client::create_repository).then_error(|| {
+            CreateRepositoryError::generic(
+                aws_sdk_ecr::error::ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User is not authorized to perform: ecr:CreateRepository")
+                    .build(),
+            )
+        });
+        let ecr = mock_client!(aws_sdk_ecr, [&rule]);
+        let error = ecr
+            .create_repository()
+            .repository_name("team/app")
+            .send()
+            .await
+            .map_err(|e| api_error("ecr:CreateRepository", Some("team/app"), &e))
+            .unwrap_err();
+        assert!(matches!(error, AwsError::AccessDenied { .. }));
+        let text = error.to_string();
+        assert!(
+            text.contains("`ecr:CreateRepository`") && text.contains("team/app"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_says_to_try_later() {
+        use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
+        let rule = mock!(aws_sdk_ecr::Client::describe_repositories).then_error(|| {
+            DescribeRepositoriesError::generic(
+                aws_sdk_ecr::error::ErrorMetadata::builder()
+                    .code("ThrottlingException")
+                    .message("Rate exceeded")
+                    .build(),
+            )
+        });
+        let ecr = mock_client!(aws_sdk_ecr, [&rule]);
+        let error = ecr
+            .describe_repositories()
+            .send()
+            .await
+            .map_err(|e| api_error("ecr:DescribeRepositories", None, &e))
+            .unwrap_err();
+        assert!(matches!(error, AwsError::Throttled { .. }), "{error}");
+    }
 
     #[test]
     fn accounts_come_from_arns() {

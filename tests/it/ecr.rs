@@ -1,0 +1,531 @@
+//! ECR mode end to end: `moto_server` for STS and ECR, a real registry (htpasswd user `AWS`
+//! with moto's token password) as the data plane, a fake GitHub OIDC endpoint in this process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use crate::harness::images::{self, ImageSpec};
+use crate::harness::moto::Moto;
+use crate::harness::oidc::OidcServer;
+use crate::harness::proxy::{Action, Proxy};
+use crate::harness::{Registry, Run, ecr_push, skopeo};
+
+const ACCOUNT: &str = "210987654321";
+const REGION: &str = "eu-west-1";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const SUBJECT: &str = "repo:acme/app:ref:refs/heads/main";
+
+/// One AWS account's worth of test infrastructure.
+struct Ecr {
+    moto: Moto,
+    registry: Registry,
+    oidc: OidcServer,
+}
+
+impl Ecr {
+    fn start() -> Self {
+        Self {
+            moto: Moto::start(),
+            // moto's GetAuthorizationToken always answers AWS:<account>-auth-token.
+            registry: Registry::start_with_basic_auth("AWS", &format!("{ACCOUNT}-auth-token")),
+            oidc: OidcServer::start(SUBJECT, "request-token-for-the-job"),
+        }
+    }
+
+    fn role() -> String {
+        format!("arn:aws:iam::{ACCOUNT}:role/ci-push")
+    }
+
+    /// The environment of a GitHub Actions job with `id-token: write`.
+    fn github_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GITHUB_ACTIONS".into(), "true".into()),
+            ("GITHUB_SHA".into(), SHA.into()),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL".into(),
+                self.oidc.request_url(),
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(),
+                self.oidc.request_token.clone(),
+            ),
+        ]
+    }
+
+    /// `push <source> --repository <repository>` against moto and the registry at `registry_url`.
+    fn push_args(&self, source: &str, repository: &str, registry_url: &str) -> Vec<String> {
+        [
+            "push",
+            source,
+            "--repository",
+            repository,
+            "--region",
+            REGION,
+            "--role-arn",
+            &Self::role(),
+            "--registry",
+            registry_url,
+            "--ecr-endpoint",
+            &self.moto.url(),
+            "--sts-endpoint",
+            &self.moto.url(),
+            "--json",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn run(&self, args: &[String], extra: &[String], env: &[(String, String)]) -> Run {
+        let _ = &self.moto;
+        let args: Vec<&String> = args.iter().chain(extra).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ecr_push(args, &env)
+    }
+
+    fn describe_repository(&self, name: &str) -> serde_json::Value {
+        self.moto.ecr(
+            ACCOUNT,
+            "DescribeRepositories",
+            &json!({"registryId": ACCOUNT, "repositoryNames": [name]}),
+        )["repositories"][0]
+            .clone()
+    }
+
+    fn creds(&self) -> Option<(&str, &str)> {
+        self.registry.skopeo_creds()
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn github_oidc_to_verified_push_with_a_new_repository() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
+    let facts = images::docker_save_legacy(&tar, &[ImageSpec::new("app")]).remove(0);
+    let policy = dir.path().join("lifecycle.json");
+    let policy_text = r#"{"rules":[{"rulePriority":1,"description":"keep the last 30 images","selection":{"tagStatus":"any","countType":"imageCountMoreThan","countNumber":30},"action":{"type":"expire"}}]}"#;
+    std::fs::write(&policy, policy_text).unwrap();
+    let kms_key = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/0000-1111");
+
+    let args = ecr.push_args(tar.to_str().unwrap(), "team/app", &ecr.registry.url());
+    let settings = strings(&[
+        "--tag-mutability",
+        "IMMUTABLE",
+        "--scan-on-push",
+        "--encryption",
+        "KMS",
+        "--kms-key",
+        &kms_key,
+        "--repository-tag",
+        "team=platform",
+        "--repository-tag",
+        "cost-center=ci",
+        "--lifecycle-policy",
+        policy.to_str().unwrap(),
+    ]);
+    let run = ecr.run(&args, &settings, &ecr.github_env());
+    run.success();
+
+    // The chain: one OIDC token, exchanged for the role's account, whose registry was used.
+    assert_eq!(ecr.oidc.minted(), 1);
+    let report = run.json();
+    assert_eq!(report["registry_id"], ACCOUNT);
+    assert_eq!(report["region"], REGION);
+    assert_eq!(
+        report["repository_uri"],
+        format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/team/app").as_str()
+    );
+    assert_eq!(report["repository_created"], true);
+    assert_eq!(
+        report["tags"],
+        json!([SHA]),
+        "the default tag is the commit SHA"
+    );
+    assert_eq!(report["config_digest"], facts.config_digest.as_str());
+    let digest = report["digest"].as_str().unwrap();
+    let reference = format!("{}/team/app:{SHA}", ecr.registry.host());
+    assert_eq!(skopeo::remote_digest(&reference, ecr.creds()), digest);
+    assert_eq!(
+        skopeo::remote_config_digest(&reference, ecr.creds()),
+        facts.config_digest
+    );
+
+    assert_repository_settings(&ecr, "team/app", &kms_key, policy_text);
+
+    // Every secret was masked in the job log before anything else could print it.
+    assert!(
+        run.stderr
+            .contains(&format!("::add-mask::{ACCOUNT}-auth-token")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("::add-mask::eyJ")),
+        "the OIDC token is masked: {}",
+        run.stderr
+    );
+}
+
+/// The repository has what was asked, as the ECR API says.
+fn assert_repository_settings(ecr: &Ecr, name: &str, kms_key: &str, policy_text: &str) {
+    let repository = ecr.describe_repository(name);
+    assert_eq!(repository["imageTagMutability"], "IMMUTABLE");
+    assert_eq!(repository["imageScanningConfiguration"]["scanOnPush"], true);
+    assert_eq!(
+        repository["encryptionConfiguration"]["encryptionType"],
+        "KMS"
+    );
+    assert_eq!(repository["encryptionConfiguration"]["kmsKey"], kms_key);
+    let lifecycle = ecr.moto.ecr(
+        ACCOUNT,
+        "GetLifecyclePolicy",
+        &json!({"registryId": ACCOUNT, "repositoryName": name}),
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(lifecycle["lifecyclePolicyText"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::from_str::<serde_json::Value>(policy_text).unwrap()
+    );
+    let tags = ecr.moto.ecr(
+        ACCOUNT,
+        "ListTagsForResource",
+        &json!({"resourceArn": repository["repositoryArn"]}),
+    );
+    let mut tags: Vec<(String, String)> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap().to_owned(),
+                t["Value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        vec![
+            ("cost-center".into(), "ci".into()),
+            ("team".into(), "platform".into())
+        ]
+    );
+}
+
+#[test]
+fn immutable_tags_rerun_succeeds_and_conflict_fails_before_uploading() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let first_facts = images::oci_layout(&first, &ImageSpec::new("app").seed(1));
+    let args = ecr.push_args(
+        first.to_str().unwrap(),
+        "team/immutable",
+        &ecr.registry.url(),
+    );
+    let tag = strings(&["--tag", "release-1", "--tag-mutability", "IMMUTABLE"]);
+    ecr.run(&args, &tag, &ecr.github_env()).success();
+
+    // The same image again: success, nothing uploaded, the tag not put again.
+    let rerun = ecr.run(&args, &tag, &ecr.github_env());
+    rerun.success();
+    assert_eq!(rerun.field("digest"), first_facts.digest);
+    assert_eq!(rerun.json()["blobs_uploaded"], 0);
+    assert!(
+        rerun.stderr.contains("already points to"),
+        "{}",
+        rerun.stderr
+    );
+
+    // Another image under the same tag: refused before any blob of it is uploaded.
+    let second = dir.path().join("second");
+    let second_facts = images::oci_layout(&second, &ImageSpec::new("other").seed(2));
+    let conflict = ecr.run(
+        &ecr.push_args(
+            second.to_str().unwrap(),
+            "team/immutable",
+            &ecr.registry.url(),
+        ),
+        &tag,
+        &ecr.github_env(),
+    );
+    conflict.failure(1);
+    assert!(conflict.stderr.contains("release-1"), "{}", conflict.stderr);
+    assert!(
+        conflict.stderr.contains(&first_facts.digest)
+            && conflict.stderr.contains(&second_facts.digest),
+        "both digests: {}",
+        conflict.stderr
+    );
+    for layer in &second_facts.layer_digests {
+        assert!(
+            !ecr.registry.blob_exists("team/immutable", layer),
+            "{layer} must not have been uploaded"
+        );
+    }
+    assert_eq!(
+        ecr.registry
+            .manifest_digest("team/immutable", "release-1")
+            .as_deref(),
+        Some(first_facts.digest.as_str())
+    );
+}
+
+#[test]
+fn expired_credentials_mid_push_are_minted_again_once() {
+    let ecr = Ecr::start();
+    // The registry "expires" the credentials after 6 requests: from then on it answers 401 until
+    // a second OIDC token has been minted, i.e. until the whole chain was renewed.
+    let minted = ecr.oidc.counter();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let proxy = Proxy::start(&ecr.registry.url(), {
+        let requests = Arc::clone(&requests);
+        move |_seen| {
+            let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
+            if number > 6 && minted.load(Ordering::SeqCst) < 2 {
+                return Action::Respond {
+                    status: 401,
+                    headers: vec![("WWW-Authenticate".into(), r#"Basic realm="ecr""#.into())],
+                    body: r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired."}]}"#.into(),
+                };
+            }
+            Action::Forward
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("long").layers(5));
+    let run = ecr.run(
+        &ecr.push_args(dir.path().to_str().unwrap(), "team/long", &proxy.url()),
+        &strings(&["--jobs", "1"]),
+        &ecr.github_env(),
+    );
+    run.success();
+    assert_eq!(run.field("digest"), facts.digest);
+    assert_eq!(
+        ecr.oidc.minted(),
+        2,
+        "a new OIDC token, role session and ECR token, once"
+    );
+    assert!(
+        proxy.seen().iter().any(|s| s.number == 7),
+        "the registry refused the old credentials"
+    );
+    assert!(
+        requests.load(Ordering::SeqCst) > 8,
+        "and the push went on after the renewal"
+    );
+    assert_eq!(
+        ecr.registry.manifest_digest("team/long", SHA).as_deref(),
+        Some(facts.digest.as_str())
+    );
+}
+
+#[test]
+fn missing_repository_without_create_fails_clearly() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("nocreate"));
+    let run = ecr.run(
+        &ecr.push_args(
+            dir.path().to_str().unwrap(),
+            "team/absent",
+            &ecr.registry.url(),
+        ),
+        &strings(&["--create-repository", "false"]),
+        &ecr.github_env(),
+    );
+    run.failure(1);
+    assert!(
+        run.stderr.contains("team/absent") && run.stderr.contains("--create-repository"),
+        "{}",
+        run.stderr
+    );
+    assert!(ecr.registry.catalog().is_empty(), "nothing is uploaded");
+}
+
+#[test]
+fn existing_repository_drift_is_reported_not_changed() {
+    let ecr = Ecr::start();
+    ecr.moto.ecr(ACCOUNT, "CreateRepository", &json!({"registryId": ACCOUNT, "repositoryName": "team/drift", "imageTagMutability": "MUTABLE"}));
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("drift"));
+    let run = ecr.run(
+        &ecr.push_args(
+            dir.path().to_str().unwrap(),
+            "team/drift",
+            &ecr.registry.url(),
+        ),
+        &strings(&["--tag-mutability", "IMMUTABLE", "--scan-on-push"]),
+        &ecr.github_env(),
+    );
+    run.success();
+    assert_eq!(run.json()["repository_created"], false);
+    assert!(
+        run.stderr.contains("::warning::")
+            && run
+                .stderr
+                .contains("tag mutability is MUTABLE (asked: IMMUTABLE)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("scan on push is false (asked: true)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        ecr.describe_repository("team/drift")["imageTagMutability"],
+        "MUTABLE",
+        "nothing changed silently"
+    );
+}
+
+#[test]
+fn gitlab_id_token_from_an_env_var_and_token_file() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let facts = images::oci_layout(dir.path().join("l").as_path(), &ImageSpec::new("gitlab"));
+    let source = dir.path().join("l");
+    let token = crate::harness::oidc::jwt(
+        "project_path:acme/app:ref_type:branch:ref:main",
+        "sts.amazonaws.com",
+        1,
+    );
+    let gitlab = vec![
+        ("CI_COMMIT_SHA".to_owned(), SHA.to_owned()),
+        ("GITLAB_OIDC_TOKEN".to_owned(), token.clone()),
+    ];
+    let run = ecr.run(
+        &ecr.push_args(source.to_str().unwrap(), "team/gitlab", &ecr.registry.url()),
+        &strings(&["--web-identity-token-env", "GITLAB_OIDC_TOKEN"]),
+        &gitlab,
+    );
+    run.success();
+    assert_eq!(run.field("digest"), facts.digest);
+    assert_eq!(run.json()["registry_id"], ACCOUNT);
+    assert!(!run.stdout.contains(&token) && !run.stderr.contains(&token));
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let run = ecr.run(
+        &ecr.push_args(source.to_str().unwrap(), "team/gitlab", &ecr.registry.url()),
+        &strings(&["--tag", "from-file"]),
+        &[(
+            "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned(),
+            token_file.to_str().unwrap().to_owned(),
+        )],
+    );
+    run.success();
+    assert_eq!(ecr.oidc.minted(), 0, "no GitHub token was involved");
+}
+
+#[test]
+fn default_credential_chain_and_role_chaining() {
+    let ecr = Ecr::start();
+    // moto's default account for plain access keys.
+    let default_registry = Registry::start_with_basic_auth("AWS", "123456789012-auth-token");
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("chain"));
+    let keys = vec![
+        (
+            "AWS_ACCESS_KEY_ID".to_owned(),
+            "AKIAEXAMPLEDEFAULT".to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            "default-secret-key-value".to_owned(),
+        ),
+        ("AWS_REGION".to_owned(), REGION.to_owned()),
+    ];
+    let source = dir.path().to_str().unwrap();
+    let plain = strings(&[
+        "push",
+        source,
+        "--repository",
+        "team/chain",
+        "--tag",
+        "v1",
+        "--registry",
+        &default_registry.url(),
+        "--ecr-endpoint",
+        &ecr.moto.url(),
+        "--sts-endpoint",
+        &ecr.moto.url(),
+        "--json",
+    ]);
+    let run = ecr.run(&plain, &[], &keys);
+    run.success();
+    assert_eq!(
+        run.json()["registry_id"],
+        "123456789012",
+        "the caller's account, from STS"
+    );
+    assert_eq!(run.json()["region"], REGION, "the region from AWS_REGION");
+
+    // --role-arn without a web identity token: AssumeRole with the default chain.
+    let mut chained = ecr.push_args(source, "team/chain", &ecr.registry.url());
+    chained.extend(strings(&["--tag", "v1"]));
+    let run = ecr.run(&chained, &[], &keys);
+    run.success();
+    assert_eq!(run.json()["registry_id"], ACCOUNT);
+    assert!(!run.stderr.contains("default-secret-key-value"));
+}
+
+#[test]
+fn github_without_id_token_permission_says_so() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("perm"));
+    let env = vec![
+        ("GITHUB_ACTIONS".to_owned(), "true".to_owned()),
+        ("GITHUB_SHA".to_owned(), SHA.to_owned()),
+    ];
+    let run = ecr.run(
+        &ecr.push_args(
+            dir.path().to_str().unwrap(),
+            "team/perm",
+            &ecr.registry.url(),
+        ),
+        &[],
+        &env,
+    );
+    run.failure(1);
+    assert!(run.stderr.contains("id-token: write"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("::error"),
+        "an annotation on GitHub: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn missing_region_is_a_usage_error() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("region"));
+    let run = ecr.run(
+        &strings(&[
+            "push",
+            dir.path().to_str().unwrap(),
+            "--repository",
+            "team/region",
+            "--tag",
+            "v1",
+            "--role-arn",
+            &Ecr::role(),
+            "--ecr-endpoint",
+            &ecr.moto.url(),
+        ]),
+        &[],
+        &ecr.github_env(),
+    );
+    run.failure(2);
+    assert!(run.stderr.contains("--region"), "{}", run.stderr);
+}

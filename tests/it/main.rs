@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `ecr-push` binary against real servers started here (see
+//! `harness`). One test binary, so the harness is compiled once.
+
+mod harness;
+
+mod ecr;
+mod formats;
