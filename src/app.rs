@@ -5,8 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cli::{Cli, Command, PushArgs};
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, LoginArgs, PushArgs};
+use crate::docker_config::{self, DockerConfigError};
 use crate::env::Env;
+use crate::github::{self, ActionsFiles};
 use url::Url;
 
 use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
@@ -16,7 +20,7 @@ use crate::push::{
 use crate::registry::{Client, RegistryError, StaticCredentials};
 use crate::report::{self, EcrReport, Event, PlatformReport, PushReport, Reporter};
 use crate::reuse::KnownLayers;
-use crate::settings::{EcrTarget, PushSettings, Target, UsageError};
+use crate::settings::{EcrTarget, LoginSettings, PushSettings, Target, UsageError};
 use crate::source::{self, SourceError, SourceImage};
 use crate::verify::{Verifier, VerifyError};
 
@@ -42,6 +46,11 @@ pub enum Failure {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Aws(#[from] AwsError),
+    #[error(transparent)]
+    DockerConfig(#[from] DockerConfigError),
+    /// The machine itself failed us (writing a file, starting the runtime).
+    #[error("{0}")]
+    Io(String),
 }
 
 impl From<PushError> for Failure {
@@ -58,33 +67,62 @@ impl Failure {
         match self {
             Self::Usage(_) | Self::Source(_) => exit::INVALID,
             Self::Aws(error) if error.is_usage() => exit::INVALID,
-            Self::Registry(_) | Self::Verify(_) | Self::Aws(_) => exit::FAILED,
+            Self::Registry(_)
+            | Self::Verify(_)
+            | Self::Aws(_)
+            | Self::DockerConfig(_)
+            | Self::Io(_) => exit::FAILED,
         }
     }
 }
 
 pub fn run(cli: Cli, env: &Env) -> ExitCode {
-    if env.is_github_actions() {
+    let github = env.is_github_actions();
+    if github {
         // From here on every secret is masked in the job log the moment it is created.
         crate::secret::set_mask_hook(crate::github::add_mask);
     }
-    match cli.command {
-        Command::Push(args) => finish(run_push(&args, env), env.is_github_actions()),
-    }
-}
-
-fn finish(result: Result<(), Failure>, github_actions: bool) -> ExitCode {
+    let (result, summary) = match cli.command {
+        Command::Push(args) => run_push(&args, env),
+        Command::Login(args) => run_login(&args, env),
+    };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(failure) => {
-            report::print_error(&failure, github_actions);
+            let message = report::print_error(&failure, github);
+            if let Some(path) = summary {
+                // Best effort: the error itself was already printed.
+                let _ = github::append(&path, &github::failure_summary(&message));
+            }
             ExitCode::from(failure.exit_code())
         }
     }
 }
 
-fn run_push(args: &PushArgs, env: &Env) -> Result<(), Failure> {
-    let settings = PushSettings::from_args(args, env)?;
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Io(format!("cannot start the async runtime: {e}")))
+}
+
+/// Runs `push`; also returns where a failure summary should go (on GitHub Actions).
+fn run_push(args: &PushArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    let settings = match PushSettings::from_args(args, env) {
+        Ok(settings) => settings,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let summary = settings.actions.as_ref().and_then(|a| a.summary.clone());
+    (push_and_report(&settings), summary)
+}
+
+fn summary_path(env: &Env) -> Option<PathBuf> {
+    env.is_github_actions()
+        .then(|| env.get(crate::env::GITHUB_STEP_SUMMARY).map(PathBuf::from))
+        .flatten()
+}
+
+fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
     let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal(
         settings.quiet,
         if settings.github_actions {
@@ -93,21 +131,134 @@ fn run_push(args: &PushArgs, env: &Env) -> Result<(), Failure> {
             "warning: "
         },
     ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Failure::Source(SourceError::Invalid(format!(
-                "cannot start the async runtime: {e}"
-            )))
+    if settings.github_actions {
+        github::start_group(&format!("ecr-push: push {}", settings.repository));
+    }
+    let result = runtime().and_then(|runtime| runtime.block_on(push(settings, reporter)));
+    if settings.github_actions {
+        github::end_group();
+    }
+    let report = result?;
+    report
+        .print(settings.json)
+        .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))?;
+    if let Some(path) = &settings.metadata_file {
+        let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        std::fs::write(path, json).map_err(|e| {
+            Failure::Io(format!(
+                "cannot write --metadata-file {}: {e}",
+                path.display()
+            ))
         })?;
-    let report = runtime.block_on(push(&settings, reporter))?;
-    report.print(settings.json).map_err(|e| {
-        Failure::Source(SourceError::Invalid(format!(
-            "cannot write the result to stdout: {e}"
-        )))
-    })?;
+    }
+    if let Some(actions) = &settings.actions {
+        write_actions_files(
+            actions,
+            &github::push_outputs(&report),
+            &github::push_summary(&report),
+        )?;
+    }
     Ok(())
+}
+
+fn write_actions_files(
+    actions: &ActionsFiles,
+    outputs: &[(&str, String)],
+    summary: &str,
+) -> Result<(), Failure> {
+    if let Some(path) = &actions.output {
+        github::write_outputs(path, outputs).map_err(|e| {
+            Failure::Io(format!(
+                "cannot write the step outputs to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    if let Some(path) = &actions.summary {
+        github::append(path, summary).map_err(|e| {
+            Failure::Io(format!(
+                "cannot write the step summary to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// `login`: ECR credentials into a Docker config, or the password on stdout.
+fn run_login(args: &LoginArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    let settings = match LoginSettings::from_args(args, env) {
+        Ok(settings) => settings,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let summary = settings.actions.as_ref().and_then(|a| a.summary.clone());
+    (login(&settings), summary)
+}
+
+fn login(settings: &LoginSettings) -> Result<(), Failure> {
+    let (host, credentials) = runtime()?.block_on(async {
+        let (aws, session) = aws_session(&settings.target).await?;
+        let target = login_target(&settings.target, &session);
+        let credentials = aws.login(&session, &target).await?;
+        let host = match (&settings.target.registry_override, &target) {
+            (Some(url), _) => host_of(url),
+            (None, LoginTarget::Public) => aws::public::HOST.to_owned(),
+            (None, LoginTarget::Private { registry_id }) => {
+                host_of(&session.registry_login(registry_id).await?.endpoint)
+            }
+        };
+        Ok::<_, Failure>((host, credentials))
+    })?;
+    if settings.password_stdout {
+        println!("{}", credentials.password.expose());
+        return Ok(());
+    }
+    for warning in docker_config::store(&settings.docker_config, &host, &credentials)? {
+        eprintln!("warning: {warning}");
+    }
+    eprintln!(
+        "logged in to {host}; credentials written to {} (valid for 12 hours)",
+        settings.docker_config.display()
+    );
+    println!("{host}");
+    if let Some(actions) = &settings.actions {
+        let outputs = [
+            ("registry", host.clone()),
+            (
+                "docker-config",
+                settings.docker_config.display().to_string(),
+            ),
+        ];
+        write_actions_files(
+            actions,
+            &outputs,
+            &format!("### ecr-push: logged in to `{host}`\n\n"),
+        )?;
+    }
+    Ok(())
+}
+
+fn host_of(url: &Url) -> String {
+    match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    }
+}
+
+async fn aws_session(target: &EcrTarget) -> Result<(Arc<Aws>, aws::Session), Failure> {
+    let aws = Arc::new(Aws::load(target.aws.clone()).await?);
+    let session = aws.session().await?;
+    Ok((aws, session))
+}
+
+fn login_target(target: &EcrTarget, session: &aws::Session) -> LoginTarget {
+    if target.public {
+        LoginTarget::Public
+    } else {
+        LoginTarget::Private {
+            registry_id: session.account.clone(),
+        }
+    }
 }
 
 /// The push command, from validated settings to the report.
@@ -244,8 +395,7 @@ async fn connect_ecr(
     reporter: &dyn Reporter,
 ) -> Result<Destination, Failure> {
     let repository = &settings.repository;
-    let aws = Arc::new(Aws::load(target.aws.clone()).await?);
-    let session = aws.session().await?;
+    let (aws, session) = aws_session(target).await?;
     if target.public {
         let api = aws.public_client(&session);
         let created =

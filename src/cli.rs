@@ -30,6 +30,30 @@ pub enum Command {
     /// Push an image and verify it.
     #[command(after_help = EXIT_CODES)]
     Push(Box<PushArgs>),
+    /// Get ECR credentials for later docker, buildx or helm steps: write them into a Docker
+    /// `config.json`, or print the password for `--password-stdin`.
+    #[command(after_help = EXIT_CODES)]
+    Login(Box<LoginArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry to log in to: an ECR registry URL, or `public.ecr.aws`
+    /// (default: the registry of `--registry-id`, or of the caller's account).
+    #[arg(long, env = "ECR_PUSH_REGISTRY")]
+    pub registry: Option<String>,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+
+    /// Docker config to update: a directory (like `DOCKER_CONFIG`) or a `.json` file
+    /// (default: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    #[arg(long, env = "ECR_PUSH_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Print only the password on stdout, for `docker login --username AWS --password-stdin`.
+    #[arg(long, env = "ECR_PUSH_PASSWORD_STDOUT")]
+    pub password_stdout: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,6 +122,13 @@ pub struct PushArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
 
+    #[command(flatten)]
+    pub repository_settings: RepositoryArgs,
+
+    /// Also write the JSON report to this file (for later steps and other tools).
+    #[arg(long, env = "ECR_PUSH_METADATA_FILE")]
+    pub metadata_file: Option<PathBuf>,
+
     /// Print the result as one JSON object on stdout.
     #[arg(long, env = "ECR_PUSH_JSON")]
     pub json: bool,
@@ -153,7 +184,12 @@ pub struct AwsArgs {
     /// STS endpoint URL (default: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, the AWS one).
     #[arg(long, env = "ECR_PUSH_STS_ENDPOINT")]
     pub sts_endpoint: Option<String>,
+}
 
+/// Settings of a repository that `push` creates (drift is reported for an existing one).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Amazon ECR repository")]
+pub struct RepositoryArgs {
     /// Create the repository if it does not exist.
     #[arg(long, env = "ECR_PUSH_CREATE_REPOSITORY", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub create_repository: bool,

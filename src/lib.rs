@@ -10,6 +10,7 @@ pub mod app;
 pub mod aws;
 pub mod blob;
 pub mod cli;
+pub mod docker_config;
 pub mod env;
 pub mod github;
 pub mod push;

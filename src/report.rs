@@ -284,7 +284,7 @@ impl PushReport {
 
 /// Prints a failure to stderr with its causes; on GitHub Actions also as an `::error::`
 /// annotation (one line, as the runner requires).
-pub fn print_error(error: &dyn std::error::Error, github_actions: bool) {
+pub fn print_error(error: &dyn std::error::Error, github_actions: bool) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -302,6 +302,7 @@ pub fn print_error(error: &dyn std::error::Error, github_actions: bool) {
         );
     }
     eprintln!("error: {message}");
+    message
 }
 
 #[cfg(test)]

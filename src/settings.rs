@@ -10,8 +10,9 @@ use crate::aws::identity::TokenSource;
 use crate::aws::repository::{Encryption, RepositorySettings};
 use crate::aws::{AwsSettings, RoleSettings};
 use crate::blob::Compression;
-use crate::cli::{AwsArgs, CompressionArg, PushArgs};
+use crate::cli::{AwsArgs, CompressionArg, LoginArgs, PushArgs, RepositoryArgs};
 use crate::env::{self, Env};
+use crate::github::ActionsFiles;
 use crate::registry::{BasicCredentials, ClientOptions, RetryPolicy};
 use crate::secret::Secret;
 use crate::source::{PlatformSpec, Selection};
@@ -63,6 +64,9 @@ pub struct PushSettings {
     pub quiet: bool,
     pub temp_dir: PathBuf,
     pub github_actions: bool,
+    /// `$GITHUB_OUTPUT` and the step summary, on GitHub Actions.
+    pub actions: Option<ActionsFiles>,
+    pub metadata_file: Option<PathBuf>,
 }
 
 impl PushSettings {
@@ -116,6 +120,8 @@ impl PushSettings {
             quiet: args.quiet,
             temp_dir: env.temp_dir(),
             github_actions: env.is_github_actions(),
+            actions: actions_files(env),
+            metadata_file: args.metadata_file.clone(),
         })
     }
 }
@@ -129,12 +135,10 @@ fn target(args: &PushArgs, env: &Env) -> Result<Target, UsageError> {
         .filter(|s| !s.is_empty())
         .map(parse_registry_url)
         .transpose()?;
-    let ecr_host = registry
-        .as_ref()
-        .and_then(|url| url.host_str())
-        .and_then(parse_ecr_host);
-    let public = registry.as_ref().and_then(|url| url.host_str()) == Some(crate::aws::public::HOST);
-    let ecr_mode = registry.is_none() || ecr_host.is_some() || public || args.aws.any_given();
+    let host = registry.as_ref().and_then(|url| url.host_str());
+    let ecr_mode = registry.is_none()
+        || host.is_some_and(|h| parse_ecr_host(h).is_some() || h == crate::aws::public::HOST)
+        || args.aws.any_given();
     if !ecr_mode {
         return Ok(Target::Registry {
             url: registry.expect("plain registry mode has a registry"),
@@ -146,7 +150,27 @@ fn target(args: &PushArgs, env: &Env) -> Result<Target, UsageError> {
             "--username is for plain registries; in ECR mode the credentials come from AWS",
         ));
     }
-    let mut aws = aws_settings(&args.aws, env)?;
+    Ok(Target::Ecr(Box::new(ecr_target(
+        registry,
+        &args.aws,
+        repository_settings(&args.repository_settings)?,
+        env,
+    )?)))
+}
+
+/// ECR settings from a registry URL (if any) and the AWS options: an ECR host gives account and
+/// region; `public.ecr.aws` means ECR Public; any other URL is talked to instead of the ECR
+/// endpoint (VPC endpoints, tests).
+fn ecr_target(
+    registry: Option<Url>,
+    args: &AwsArgs,
+    repository: RepositorySettings,
+    env: &Env,
+) -> Result<EcrTarget, UsageError> {
+    let host = registry.as_ref().and_then(|url| url.host_str());
+    let ecr_host = host.and_then(parse_ecr_host);
+    let public = host == Some(crate::aws::public::HOST);
+    let mut aws = aws_settings(args, env)?;
     if let Some((account, region)) = &ecr_host {
         aws.region.get_or_insert_with(|| region.clone());
         aws.registry_id.get_or_insert_with(|| account.clone());
@@ -161,12 +185,61 @@ fn target(args: &PushArgs, env: &Env) -> Result<Target, UsageError> {
              http is only allowed to a loopback address)"
         )));
     }
-    Ok(Target::Ecr(Box::new(EcrTarget {
+    Ok(EcrTarget {
         aws,
         registry_override,
         public,
-        repository: repository_settings(&args.aws)?,
-    })))
+        repository,
+    })
+}
+
+/// What `login` needs.
+#[derive(Debug)]
+pub struct LoginSettings {
+    pub target: EcrTarget,
+    /// The Docker config file to update.
+    pub docker_config: PathBuf,
+    pub password_stdout: bool,
+    pub actions: Option<ActionsFiles>,
+}
+
+impl LoginSettings {
+    pub fn from_args(args: &LoginArgs, env: &Env) -> Result<Self, UsageError> {
+        let registry = args
+            .registry
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_registry_url)
+            .transpose()?;
+        let docker_config = match &args.docker_config {
+            Some(path) if path.extension().is_some_and(|e| e == "json") => path.clone(),
+            Some(dir) => dir.join("config.json"),
+            None => env
+                .get(env::DOCKER_CONFIG)
+                .map(PathBuf::from)
+                .or_else(|| {
+                    env.get(env::HOME)
+                        .map(|home| PathBuf::from(home).join(".docker"))
+                })
+                .ok_or_else(|| {
+                    usage("no --docker-config given and neither DOCKER_CONFIG nor HOME is set")
+                })?
+                .join("config.json"),
+        };
+        Ok(Self {
+            target: ecr_target(registry, &args.aws, RepositorySettings::default(), env)?,
+            docker_config,
+            password_stdout: args.password_stdout,
+            actions: actions_files(env),
+        })
+    }
+}
+
+fn actions_files(env: &Env) -> Option<ActionsFiles> {
+    env.is_github_actions().then(|| ActionsFiles {
+        output: env.get(env::GITHUB_OUTPUT).map(PathBuf::from),
+        summary: env.get(env::GITHUB_STEP_SUMMARY).map(PathBuf::from),
+    })
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -315,7 +388,7 @@ fn token_source(args: &AwsArgs, env: &Env) -> Result<Option<TokenSource>, UsageE
         .map(|path| TokenSource::File(PathBuf::from(path))))
 }
 
-fn repository_settings(args: &AwsArgs) -> Result<RepositorySettings, UsageError> {
+fn repository_settings(args: &RepositoryArgs) -> Result<RepositorySettings, UsageError> {
     let tags = args
         .repository_tags
         .iter()

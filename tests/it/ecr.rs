@@ -529,3 +529,182 @@ fn missing_region_is_a_usage_error() {
     run.failure(2);
     assert!(run.stderr.contains("--region"), "{}", run.stderr);
 }
+
+/// Parses a `$GITHUB_OUTPUT` file written in the `name<<delimiter` form.
+fn parse_outputs(text: &str) -> std::collections::HashMap<String, String> {
+    let mut outputs = std::collections::HashMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let (name, delimiter) = line.split_once("<<").expect("heredoc output");
+        let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delimiter).collect();
+        outputs.insert(name.to_owned(), value.join("\n"));
+    }
+    outputs
+}
+
+#[test]
+fn github_outputs_summary_and_metadata_file() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layout");
+    let facts = images::oci_layout(&source, &ImageSpec::new("outputs"));
+    let output = dir.path().join("github_output");
+    let summary = dir.path().join("step_summary");
+    let metadata = dir.path().join("metadata.json");
+    let mut env = ecr.github_env();
+    env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
+    env.push((
+        "GITHUB_STEP_SUMMARY".into(),
+        summary.to_str().unwrap().into(),
+    ));
+    let run = ecr.run(
+        &ecr.push_args(
+            source.to_str().unwrap(),
+            "team/outputs",
+            &ecr.registry.url(),
+        ),
+        &strings(&[
+            "--tag",
+            "v1",
+            "--tag",
+            "latest",
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+        ]),
+        &env,
+    );
+    run.success();
+
+    let outputs = parse_outputs(&std::fs::read_to_string(&output).unwrap());
+    let host = ecr.registry.host();
+    assert_eq!(outputs["digest"], facts.digest);
+    assert_eq!(
+        outputs["image-ref"],
+        format!("{host}/team/outputs@{}", facts.digest)
+    );
+    assert_eq!(outputs["image-uri"], format!("{host}/team/outputs:v1"));
+    assert_eq!(outputs["tags"], "v1\nlatest");
+    assert_eq!(outputs["config-digest"], facts.config_digest);
+    assert_eq!(outputs["registry"], host);
+    assert_eq!(
+        outputs["repository-uri"],
+        format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/team/outputs")
+    );
+    let from_output: serde_json::Value = serde_json::from_str(&outputs["metadata"]).unwrap();
+    let from_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(from_output, run.json(), "metadata output = --json report");
+    assert_eq!(from_file, run.json(), "metadata file = --json report");
+
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    for expected in [
+        facts.digest.as_str(),
+        "`v1`, `latest`",
+        "standard: passed",
+        "(created)",
+    ] {
+        assert!(
+            summary.contains(expected),
+            "summary lacks {expected}: {summary}"
+        );
+    }
+    assert!(
+        run.stderr.contains("::group::ecr-push: push team/outputs")
+            && run.stderr.contains("::endgroup::")
+    );
+}
+
+#[test]
+fn failures_on_github_become_annotations_and_a_summary() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("step_summary");
+    let mut env = ecr.github_env();
+    env.push((
+        "GITHUB_STEP_SUMMARY".into(),
+        summary.to_str().unwrap().into(),
+    ));
+    let missing = dir.path().join("no-such-image.tar");
+    let run = ecr.run(
+        &ecr.push_args(missing.to_str().unwrap(), "team/fail", &ecr.registry.url()),
+        &[],
+        &env,
+    );
+    run.failure(2);
+    assert!(
+        run.stderr.contains("::error title=ecr-push failed::"),
+        "{}",
+        run.stderr
+    );
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.contains("ecr-push failed") && summary.contains("no-such-image.tar"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn login_writes_a_docker_config_that_other_tools_can_use() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layout");
+    let facts = images::oci_layout(&source, &ImageSpec::new("login"));
+    ecr.run(
+        &ecr.push_args(source.to_str().unwrap(), "team/login", &ecr.registry.url()),
+        &[],
+        &ecr.github_env(),
+    )
+    .success();
+
+    let config_dir = dir.path().join("docker");
+    std::fs::create_dir(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.json"),
+        r#"{"auths":{"ghcr.io":{"auth":"Z2hjcjp4"}}}"#,
+    )
+    .unwrap();
+    let login = strings(&[
+        "login",
+        "--registry",
+        &ecr.registry.url(),
+        "--region",
+        REGION,
+        "--role-arn",
+        &Ecr::role(),
+        "--ecr-endpoint",
+        &ecr.moto.url(),
+        "--sts-endpoint",
+        &ecr.moto.url(),
+        "--docker-config",
+        config_dir.to_str().unwrap(),
+    ]);
+    let run = ecr.run(&login, &[], &ecr.github_env());
+    run.success();
+    assert_eq!(run.stdout.trim(), ecr.registry.host());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["auths"]["ghcr.io"]["auth"], "Z2hjcjp4",
+        "other registries are kept"
+    );
+    assert!(config["auths"][ecr.registry.host()]["auth"].is_string());
+
+    // skopeo, with only that file for credentials, reads the image.
+    let output = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
+        .arg(config_dir.join("config.json"))
+        .arg(format!("docker://{}/team/login:{SHA}", ecr.registry.host()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(crate::harness::sha256(&output.stdout), facts.digest);
+
+    // --password-stdout: the password alone, for `docker login --password-stdin`.
+    let run = ecr.run(&login, &strings(&["--password-stdout"]), &ecr.github_env());
+    run.success();
+    assert_eq!(run.stdout, format!("{ACCOUNT}-auth-token\n"));
+}
