@@ -200,29 +200,13 @@ impl Compression {
         }
     }
 
-    /// Compresses `input` into `output`. The output depends only on the input bytes, the codec,
-    /// its level and the library version: the gzip header carries no time, name or OS, so a
-    /// re-run on any machine yields the same digest.
+    /// Compresses `input` into `output`, deterministically (see `compress`).
     fn compress(self, input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
-        match self {
-            Self::Gzip { level } => {
-                let mut encoder = flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(output, flate2::Compression::new(level));
-                io::copy(input, &mut encoder)?;
-                encoder.finish()?;
-            }
-            Self::Zstd { level } => {
-                let mut encoder = zstd::Encoder::new(output, level)?;
-                // A content checksum lets readers detect corruption; the frame carries no
-                // timestamps, so output stays deterministic.
-                encoder.include_checksum(true)?;
-                io::copy(input, &mut encoder)?;
-                encoder.finish()?;
-            }
-        }
-        Ok(())
+        let codec = match self {
+            Self::Gzip { level } => crate::compress::Codec::Gzip(i32::try_from(level).unwrap_or(1)),
+            Self::Zstd { level } => crate::compress::Codec::Zstd(level),
+        };
+        crate::compress::compress(codec, input, output)
     }
 }
 
@@ -400,7 +384,7 @@ mod tests {
             let mut back = Vec::new();
             match codec {
                 Compression::Gzip { .. } => {
-                    flate2::read::GzDecoder::new(&a[..])
+                    flate2::read::MultiGzDecoder::new(&a[..])
                         .read_to_end(&mut back)
                         .unwrap();
                 }

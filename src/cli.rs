@@ -99,7 +99,8 @@ pub struct PushArgs {
     #[arg(long, env = "ECR_PUSH_COMPRESSION", value_enum, default_value_t = CompressionArg::Gzip)]
     pub compression: CompressionArg,
 
-    /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
+    /// Compression level (gzip 1-12, default 1; zstd 1-19, default 3). Levels are libdeflate's
+    /// for gzip: level 1 is close to `gzip -6` in size at three times its speed.
     #[arg(long, env = "ECR_PUSH_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
 

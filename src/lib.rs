@@ -10,6 +10,7 @@ pub mod app;
 pub mod aws;
 pub mod blob;
 pub mod cli;
+pub mod compress;
 pub mod docker_config;
 pub mod env;
 pub mod github;
