@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, LoginArgs, PushArgs};
@@ -15,11 +16,11 @@ use url::Url;
 
 use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
 use crate::push::{
-    PushError, PushOptions, PushedNode, Pusher, has_uncompressed_layers, predict_digest,
+    PushError, PushOptions, PushedNode, Pusher, predict_digest, uncompressed_diff_ids,
 };
 use crate::registry::{Client, RegistryError, StaticCredentials};
 use crate::report::{self, EcrReport, Event, PlatformReport, PushReport, Reporter};
-use crate::reuse::KnownLayers;
+use crate::reuse::{self, KnownLayers, LayerCache};
 use crate::settings::{EcrTarget, LoginSettings, PushSettings, Target, UsageError};
 use crate::source::{self, SourceError, SourceImage};
 use crate::verify::{Verifier, VerifyError};
@@ -281,20 +282,19 @@ pub async fn push(
         ),
     });
 
-    let destination = connect(settings, reporter.as_ref()).await?;
+    let wanted = uncompressed_diff_ids(&image.root);
+    let destination = connect(settings, !wanted.is_empty(), reporter.as_ref()).await?;
     let client = &destination.client;
 
-    let mut known_layers = KnownLayers::default();
-    if has_uncompressed_layers(&image.root) {
-        known_layers
-            .learn(
-                client,
-                &settings.repository,
-                &settings.tags,
-                settings.compression,
-            )
-            .await?;
-    }
+    let mut cache = settings.cache_dir.as_deref().map(LayerCache::open);
+    let known_layers = find_known_layers(
+        settings,
+        &destination,
+        &wanted,
+        cache.as_ref(),
+        reporter.as_ref(),
+    )
+    .await;
     let predicted = predict_digest(&image.root, &known_layers, settings.compression);
     let tags_to_put = check_immutable_tags(
         client,
@@ -319,6 +319,16 @@ pub async fn push(
         options: &options,
     };
     let outcome = pusher.push(&image).await?;
+    if let Some(cache) = &mut cache {
+        for (diff_id, blob) in &outcome.compressed_layers {
+            cache.record(diff_id, blob, settings.compression);
+        }
+        if let Err(error) = cache.save() {
+            reporter.event(&Event::Warning {
+                message: &format!("could not save the layer cache: {error}"),
+            });
+        }
+    }
 
     let verifier = Verifier {
         client,
@@ -371,9 +381,71 @@ struct Destination {
     ecr: Option<EcrReport>,
     /// Tags that cannot move once they exist (ECR immutable tags).
     immutable_tags: Vec<String>,
+    /// The newest images of the repository (ECR, by push time), digests.
+    recent_images: Vec<String>,
 }
 
-async fn connect(settings: &PushSettings, reporter: &dyn Reporter) -> Result<Destination, Failure> {
+/// How many of the newest images are looked at for reusable layers.
+const RECENT_IMAGES: usize = 3;
+
+/// `diff_id → compressed blob` from the local cache and from likely images in the repository
+/// (see `reuse`). Best effort: a registry that refuses these reads only costs compression time.
+async fn find_known_layers(
+    settings: &PushSettings,
+    destination: &Destination,
+    wanted: &HashSet<oci_spec::image::Digest>,
+    cache: Option<&LayerCache>,
+    reporter: &dyn Reporter,
+) -> KnownLayers {
+    let mut known = KnownLayers::default();
+    if wanted.is_empty() {
+        return known;
+    }
+    if let Some(cache) = cache {
+        cache.fill(&mut known, wanted, settings.compression);
+    }
+    let repository = &settings.repository;
+    let client = &destination.client;
+    let references: Vec<String> = settings
+        .tags
+        .iter()
+        .chain(&settings.cache_from)
+        .chain(&destination.recent_images)
+        .cloned()
+        .collect();
+    let mut result = known
+        .learn(
+            client,
+            repository,
+            &references,
+            wanted,
+            settings.compression,
+        )
+        .await;
+    if result.is_ok() && !known.knows_all(wanted) {
+        result = match client.list_tags(repository, 1000).await {
+            Ok(tags) => {
+                let likely = reuse::likely_tags(tags, &references, reuse::TAG_LIST_LOOKUPS);
+                known
+                    .learn(client, repository, &likely, wanted, settings.compression)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+    }
+    if let Err(error) = result {
+        reporter.event(&Event::Warning {
+            message: &format!("looking for layers to reuse failed ({error}); compressing them all"),
+        });
+    }
+    known
+}
+
+async fn connect(
+    settings: &PushSettings,
+    wants_reuse: bool,
+    reporter: &dyn Reporter,
+) -> Result<Destination, Failure> {
     match &settings.target {
         Target::Registry { url, credentials } => Ok(Destination {
             client: Client::new(
@@ -383,8 +455,9 @@ async fn connect(settings: &PushSettings, reporter: &dyn Reporter) -> Result<Des
             )?,
             ecr: None,
             immutable_tags: Vec::new(),
+            recent_images: Vec::new(),
         }),
-        Target::Ecr(target) => connect_ecr(settings, target, reporter).await,
+        Target::Ecr(target) => connect_ecr(settings, target, wants_reuse, reporter).await,
     }
 }
 
@@ -392,6 +465,7 @@ async fn connect(settings: &PushSettings, reporter: &dyn Reporter) -> Result<Des
 async fn connect_ecr(
     settings: &PushSettings,
     target: &EcrTarget,
+    wants_reuse: bool,
     reporter: &dyn Reporter,
 ) -> Result<Destination, Failure> {
     let repository = &settings.repository;
@@ -414,6 +488,7 @@ async fn connect_ecr(
                 repository_created: created,
             }),
             immutable_tags: Vec::new(),
+            recent_images: Vec::new(),
         });
     }
 
@@ -442,7 +517,20 @@ async fn connect_ecr(
     } else {
         state.uri.clone()
     };
+    let recent_images = if wants_reuse && !state.created {
+        aws::repository::recent_images(&session.ecr, &registry_id, repository, RECENT_IMAGES)
+            .await
+            .unwrap_or_else(|error| {
+                reporter.event(&Event::Warning {
+                    message: &format!("could not list recent images for layer reuse: {error}"),
+                });
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     Ok(Destination {
+        recent_images,
         immutable_tags: settings
             .tags
             .iter()

@@ -104,6 +104,21 @@ pub struct PushArgs {
     #[arg(long, env = "ECR_PUSH_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
 
+    /// An image in the target repository (tag or digest) whose layers this push may reuse
+    /// instead of compressing again (repeatable). The tags being pushed, the newest images (ECR)
+    /// and a few tags of the repository are looked at anyway.
+    #[arg(
+        long = "cache-from",
+        env = "ECR_PUSH_CACHE_FROM",
+        value_delimiter = ','
+    )]
+    pub cache_from: Vec<String>,
+
+    /// Directory for a small local cache of compressed layer digests (keep it with
+    /// `actions/cache` to skip recompressing unchanged layers).
+    #[arg(long, env = "ECR_PUSH_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Blobs uploaded at the same time.
     #[arg(long, env = "ECR_PUSH_JOBS", default_value_t = 4)]
     pub jobs: usize,

@@ -6,7 +6,7 @@
 //! image says it is (digest and size, or for compressed-on-the-fly layers the uncompressed
 //! digest, the `diff_id`). A corrupt source therefore never becomes a tagged image.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,6 +86,8 @@ pub struct PushStats {
 pub struct PushOutcome {
     pub root: PushedNode,
     pub stats: PushStats,
+    /// `diff_id` → compressed blob of every layer compressed here (for the local cache).
+    pub compressed_layers: Vec<(Digest, PushedBlob)>,
 }
 
 /// Identity of a blob upload, for deduplication: stored blobs by digest; layers compressed here
@@ -126,9 +128,17 @@ impl Pusher<'_> {
             .await?;
 
         let root = self.push_documents(&image.root, &results, true).await?;
+        let compressed_layers = results
+            .iter()
+            .filter_map(|(key, blob)| match key {
+                BlobKey::Compressed(diff_id) => Some((diff_id.clone(), blob.clone())),
+                BlobKey::Stored(_) => None,
+            })
+            .collect();
         Ok(PushOutcome {
             root,
             stats: stats.snapshot(),
+            compressed_layers,
         })
     }
 
@@ -330,15 +340,23 @@ impl Pusher<'_> {
     }
 }
 
-/// Whether the image has layers that are compressed here (and so may be found in the registry
-/// by their `diff_id`).
-pub fn has_uncompressed_layers(node: &ImageNode) -> bool {
+/// The `diff_id`s of the layers that are compressed here (and so may be found in the registry or
+/// the local cache by their `diff_id`).
+pub fn uncompressed_diff_ids(node: &ImageNode) -> HashSet<Digest> {
     match node {
         ImageNode::Manifest(manifest) => manifest
             .layers
             .iter()
-            .any(|layer| matches!(layer, Layer::Uncompressed { .. })),
-        ImageNode::Index(index) => index.children.iter().any(has_uncompressed_layers),
+            .filter_map(|layer| match layer {
+                Layer::Uncompressed { diff_id, .. } => Some(diff_id.clone()),
+                _ => None,
+            })
+            .collect(),
+        ImageNode::Index(index) => index
+            .children
+            .iter()
+            .flat_map(uncompressed_diff_ids)
+            .collect(),
     }
 }
 

@@ -5,8 +5,16 @@
 //! is compressed. But an image already in the repository lists, in its config, the `diff_ids` of
 //! its layers, in the same order as the compressed layer descriptors of its manifest. Reading
 //! the manifests (and configs) of a few likely images gives `diff_id → compressed blob`.
+//! Likely images, in order: the tags being pushed (a re-run), `--cache-from`, the most recently
+//! pushed images (ECR, by push time; in CI every push has a new SHA tag, so the previous
+//! commit's image is the one that shares layers), and a bounded look at `tags/list`.
+//!
+//! A local cache (`--cache-dir`, e.g. kept by `actions/cache`) remembers the same mapping from
+//! earlier runs. Whatever the source, a blob is reused only after a HEAD shows the registry has
+//! it with the expected size.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Digest, ImageIndex as OciIndex, ImageManifest as OciManifest};
 
@@ -45,16 +53,20 @@ impl KnownLayers {
         self.layers.is_empty()
     }
 
-    /// Reads the images at `references` (tags or digests; missing ones are skipped) and
-    /// remembers their layers compressed the way `compression` would.
+    /// Learns from the images at `references` (tags or digests, most likely first; missing ones
+    /// are skipped) until every `wanted` `diff_id` is known.
     pub async fn learn(
         &mut self,
         client: &Client,
         repository: &str,
         references: &[String],
+        wanted: &HashSet<Digest>,
         compression: Compression,
     ) -> Result<(), RegistryError> {
         for reference in references {
+            if self.knows_all(wanted) {
+                break;
+            }
             let Some((bytes, media_type)) = client.get_manifest(repository, reference).await?
             else {
                 continue;
@@ -78,6 +90,17 @@ impl KnownLayers {
             }
         }
         Ok(())
+    }
+
+    pub fn knows_all(&self, wanted: &HashSet<Digest>) -> bool {
+        wanted
+            .iter()
+            .all(|diff_id| self.layers.contains_key(diff_id))
+    }
+
+    /// Remembers a blob found elsewhere (the local cache).
+    pub fn insert(&mut self, diff_id: Digest, blob: PushedBlob) {
+        self.layers.entry(diff_id).or_insert(blob);
     }
 
     async fn learn_manifest(
@@ -124,5 +147,169 @@ impl KnownLayers {
             }
         }
         Ok(())
+    }
+}
+
+/// How many tags of `tags/list` are looked at when nothing better named the layers.
+pub const TAG_LIST_LOOKUPS: usize = 10;
+
+/// Candidates from a `tags/list` answer, most likely first: `latest`-like names, then the rest
+/// from the end of the (lexically sorted) list.
+pub fn likely_tags(mut tags: Vec<String>, already: &[String], limit: usize) -> Vec<String> {
+    tags.retain(|t| !already.contains(t));
+    tags.reverse();
+    tags.sort_by_key(|t| {
+        !matches!(
+            t.as_str(),
+            "latest" | "main" | "master" | "edge" | "develop"
+        )
+    });
+    tags.truncate(limit);
+    tags
+}
+
+/// `diff_id` + compression settings → compressed blob, from earlier runs, in one JSON file.
+#[derive(Debug)]
+pub struct LayerCache {
+    path: PathBuf,
+    entries: BTreeMap<String, CachedBlob>,
+    changed: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct CachedBlob {
+    digest: Digest,
+    size: u64,
+}
+
+impl LayerCache {
+    /// Opens the cache in `dir`. An unreadable or corrupt cache is treated as empty: it only
+    /// ever saves work, and every entry is checked against the registry before use.
+    pub fn open(dir: &Path) -> Self {
+        let path = dir.join("ecr-push-layers.json");
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            entries,
+            changed: false,
+        }
+    }
+
+    /// The key includes everything that decides the compressed bytes.
+    fn key(diff_id: &Digest, compression: Compression) -> String {
+        match compression {
+            Compression::Gzip { level } => format!("{diff_id} gzip-libdeflate-{level} chunked-v1"),
+            Compression::Zstd { level } => format!("{diff_id} zstd-{level} chunked-v1"),
+        }
+    }
+
+    /// Adds what the cache knows about `wanted` to `known`.
+    pub fn fill(
+        &self,
+        known: &mut KnownLayers,
+        wanted: &HashSet<Digest>,
+        compression: Compression,
+    ) {
+        for diff_id in wanted {
+            if let Some(cached) = self.entries.get(&Self::key(diff_id, compression)) {
+                known.insert(
+                    diff_id.clone(),
+                    PushedBlob {
+                        digest: cached.digest.clone(),
+                        size: cached.size,
+                        media_type: compression.layer_media_type().to_owned(),
+                        foreign: false,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn record(&mut self, diff_id: &Digest, blob: &PushedBlob, compression: Compression) {
+        let key = Self::key(diff_id, compression);
+        if self
+            .entries
+            .get(&key)
+            .is_none_or(|c| c.digest != blob.digest)
+        {
+            self.entries.insert(
+                key,
+                CachedBlob {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                },
+            );
+            self.changed = true;
+        }
+    }
+
+    /// Writes the cache (atomically) if anything was recorded.
+    pub fn save(&self) -> std::io::Result<()> {
+        if !self.changed {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer(&mut temp, &self.entries)?;
+        temp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn likely_tags_prefer_well_known_names_then_the_end_of_the_list() {
+        let tags = ["a1", "b2", "latest", "c3", "v1"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(
+            likely_tags(tags, &["v1".to_owned()], 3),
+            vec!["latest", "c3", "b2"]
+        );
+    }
+
+    #[test]
+    fn cache_round_trips_and_keys_on_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let diff_id: Digest = crate::blob::sha256_digest(b"layer");
+        let blob = PushedBlob {
+            digest: crate::blob::sha256_digest(b"compressed"),
+            size: 10,
+            media_type: String::new(),
+            foreign: false,
+        };
+        let gzip = Compression::Gzip { level: 1 };
+        let mut cache = LayerCache::open(dir.path());
+        cache.record(&diff_id, &blob, gzip);
+        cache.save().unwrap();
+
+        let wanted = HashSet::from([diff_id.clone()]);
+        let reopened = LayerCache::open(dir.path());
+        let mut known = KnownLayers::default();
+        reopened.fill(&mut known, &wanted, Compression::Gzip { level: 6 });
+        assert!(known.is_empty(), "another level gives other bytes");
+        reopened.fill(&mut known, &wanted, gzip);
+        assert_eq!(known.get(&diff_id).unwrap().digest, blob.digest);
+    }
+
+    #[test]
+    fn corrupt_cache_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ecr-push-layers.json"), "{not json").unwrap();
+        let cache = LayerCache::open(dir.path());
+        let mut known = KnownLayers::default();
+        cache.fill(
+            &mut known,
+            &HashSet::from([crate::blob::sha256_digest(b"x")]),
+            Compression::Gzip { level: 1 },
+        );
+        assert!(known.is_empty());
     }
 }

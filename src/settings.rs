@@ -67,6 +67,9 @@ pub struct PushSettings {
     /// `$GITHUB_OUTPUT` and the step summary, on GitHub Actions.
     pub actions: Option<ActionsFiles>,
     pub metadata_file: Option<PathBuf>,
+    /// Images whose layers may be reused (`--cache-from`), tags or digests.
+    pub cache_from: Vec<String>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl PushSettings {
@@ -122,8 +125,33 @@ impl PushSettings {
             github_actions: env.is_github_actions(),
             actions: actions_files(env),
             metadata_file: args.metadata_file.clone(),
+            cache_from: cache_from(&args.cache_from)?,
+            cache_dir: args.cache_dir.clone(),
         })
     }
+}
+
+/// `--cache-from` references: tags or digests of the target repository.
+fn cache_from(given: &[String]) -> Result<Vec<String>, UsageError> {
+    given
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .map(|reference| {
+            if reference.starts_with("sha256:") {
+                reference
+                    .parse::<oci_spec::image::Digest>()
+                    .map(|_| reference.to_owned())
+                    .map_err(|e| usage(format!("--cache-from {reference}: {e}")))
+            } else {
+                validate_tag(reference).map(|()| reference.to_owned()).map_err(|_| {
+                    usage(format!(
+                        "--cache-from {reference:?} must be a tag or a sha256 digest of the target repository"
+                    ))
+                })
+            }
+        })
+        .collect()
 }
 
 /// Plain registry, or ECR (the default without `--registry`; also when the registry URL is an

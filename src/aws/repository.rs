@@ -340,6 +340,49 @@ async fn existing_state(
     })
 }
 
+/// Pages of `DescribeImages` read to find the newest images (1000 images a page).
+const MAX_IMAGE_PAGES: usize = 5;
+
+/// Digests of the most recently pushed images of a repository, newest first, at most `limit`.
+/// In CI every push has a new SHA tag, so the previous commit's image, the one most likely to
+/// share layers, is found by push time, not by tag.
+pub async fn recent_images(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<String>, AwsError> {
+    let mut images = Vec::new();
+    let mut next_token = None;
+    for _ in 0..MAX_IMAGE_PAGES {
+        let output = ecr
+            .describe_images()
+            .registry_id(registry_id)
+            .repository_name(name)
+            .max_results(1000)
+            .set_next_token(next_token)
+            .send()
+            .await
+            .map_err(|e| api_error("ecr:DescribeImages", Some(name), &e))?;
+        images.extend(output.image_details().iter().filter_map(|image| {
+            Some((
+                image.image_pushed_at()?.as_secs_f64(),
+                image.image_digest()?.to_owned(),
+            ))
+        }));
+        next_token = output.next_token().map(str::to_owned);
+        if next_token.is_none() {
+            break;
+        }
+    }
+    images.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(images
+        .into_iter()
+        .take(limit)
+        .map(|(_, digest)| digest)
+        .collect())
+}
+
 /// JSON documents compared by value (ECR re-serialises policies).
 fn same_json(current: Option<&str>, asked: &str) -> bool {
     let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
@@ -352,6 +395,40 @@ fn same_json(current: Option<&str>, asked: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn recent_images_are_newest_first() {
+        use aws_sdk_ecr::operation::describe_images::DescribeImagesOutput;
+        use aws_sdk_ecr::types::ImageDetail;
+        use aws_smithy_mocks::{mock, mock_client};
+        let image = |digest: &str, pushed: i64| {
+            ImageDetail::builder()
+                .image_digest(digest)
+                .image_pushed_at(aws_sdk_ecr::primitives::DateTime::from_secs(pushed))
+                .build()
+        };
+        let first_page = mock!(aws_sdk_ecr::Client::describe_images)
+            .match_requests(|r| r.next_token().is_none())
+            .then_output(move || {
+                DescribeImagesOutput::builder()
+                    .image_details(image("sha256:old", 100))
+                    .image_details(image("sha256:newest", 300))
+                    .next_token("page-2")
+                    .build()
+            });
+        let second_page = mock!(aws_sdk_ecr::Client::describe_images)
+            .match_requests(|r| r.next_token() == Some("page-2"))
+            .then_output(move || {
+                DescribeImagesOutput::builder()
+                    .image_details(image("sha256:middle", 200))
+                    .build()
+            });
+        let ecr = mock_client!(aws_sdk_ecr, [&first_page, &second_page]);
+        let recent = recent_images(&ecr, "123456789012", "team/app", 2)
+            .await
+            .unwrap();
+        assert_eq!(recent, vec!["sha256:newest", "sha256:middle"]);
+    }
 
     #[test]
     fn wildcards_match_like_ecr_exclusion_filters() {

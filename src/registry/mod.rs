@@ -583,6 +583,38 @@ impl Client {
         }
     }
 
+    /// Up to `limit` tags of a repository (`tags/list?n=`); empty if it does not exist.
+    pub async fn list_tags(
+        &self,
+        repository: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, RegistryError> {
+        #[derive(Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.endpoint(repository, "tags/list");
+        url.query_pairs_mut().append_pair("n", &limit.to_string());
+        let operation = format!("list the tags of {repository}");
+        let response = self
+            .execute(&operation, &push_scope(repository), &|| {
+                self.http.get(url.clone())
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(Vec::new()),
+            _ => return Err(RegistryError::from_response(&operation, response).await),
+        }
+        let body = read_limited(response, 4 * 1024 * 1024)
+            .await
+            .map_err(|e| RegistryError::transport(&operation, &e))?;
+        let list: TagList = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Protocol(format!("{operation}: not a tag list: {e}")))?;
+        Ok(list.tags.unwrap_or_default())
+    }
+
     /// Puts a manifest or index under `reference` (a tag or its digest).
     pub async fn put_manifest(
         &self,

@@ -778,3 +778,104 @@ fn bearer_token_flow() {
         .count();
     assert_eq!(token_requests, 1, "one token serves the whole push");
 }
+
+#[test]
+fn a_new_tag_reuses_compressed_layers_found_in_the_repository() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.tar");
+    images::docker_save_legacy(&first, &[ImageSpec::new("ci").layers(3)]);
+    // The next commit: same base layer, others changed.
+    let second = dir.path().join("second.tar");
+    images::docker_save_legacy(&second, &[ImageSpec::new("ci-next").layers(3)]);
+    let push = |source: &Path, tag: &str| {
+        let run = ecr_push(
+            [
+                "push",
+                source.to_str().unwrap(),
+                "--registry",
+                &registry.url(),
+                "--repository",
+                "team/ci",
+                "--tag",
+                tag,
+                "--json",
+            ],
+            &[],
+        );
+        run.success();
+        run.json()
+    };
+    let built = push(&first, "sha-1");
+    assert_eq!(built["blobs_uploaded"], 4);
+    // CI pushes every commit under a new tag: the earlier image is found through tags/list.
+    let same_image = push(&first, "sha-2");
+    assert_eq!(same_image["blobs_uploaded"], 0, "{same_image}");
+    assert_eq!(same_image["digest"], built["digest"]);
+    let next = push(&second, "sha-3");
+    assert_eq!(
+        next["blobs_skipped"], 1,
+        "the shared base layer is reused: {next}"
+    );
+    assert_eq!(
+        next["blobs_uploaded"], 3,
+        "two changed layers and the config: {next}"
+    );
+}
+
+#[test]
+fn local_layer_cache_skips_compression_when_the_registry_cannot_list() {
+    use crate::harness::proxy::{Action, Proxy};
+    let registry = Registry::start();
+    // A registry that answers no tag listing and no manifest reads before the push: only the
+    // local cache can tell which compressed layers it has.
+    let pushed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = Proxy::start(&registry.url(), {
+        let pushed = std::sync::Arc::clone(&pushed);
+        move |seen| {
+            let lookup = seen.target.contains("/tags/list")
+                || (seen.method == "GET"
+                    && seen.target.contains("/manifests/")
+                    && !pushed.load(std::sync::atomic::Ordering::SeqCst));
+            if seen.method == "PUT" && seen.target.contains("/manifests/") {
+                pushed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if lookup {
+                Action::status(404)
+            } else {
+                Action::Forward
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
+    images::docker_save_legacy(&tar, &[ImageSpec::new("cached")]);
+    let cache = dir.path().join("cache");
+    let push = |tag: &str| {
+        pushed.store(false, std::sync::atomic::Ordering::SeqCst);
+        let run = ecr_push(
+            [
+                "push",
+                tar.to_str().unwrap(),
+                "--registry",
+                &proxy.url(),
+                "--repository",
+                "team/cached",
+                "--tag",
+                tag,
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        );
+        run.success();
+        run.json()
+    };
+    let first = push("one");
+    assert_eq!(first["blobs_uploaded"], 4);
+    assert!(cache.join("ecr-push-layers.json").is_file());
+    let second = push("two");
+    assert_eq!(second["blobs_uploaded"], 0, "{second}");
+    assert_eq!(second["digest"], first["digest"]);
+}
