@@ -56,6 +56,19 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Protocol(String),
+    /// A transient failure that lasted longer than the retry budget.
+    #[error(
+        "{last}; gave up after {attempts} attempt{} in {seconds:.1} s{}",
+        if *attempts == 1 { "" } else { "s" },
+        asked.map(|s| format!(" (the registry asked to wait {s} s, longer than the time left of --timeout)")).unwrap_or_default()
+    )]
+    Exhausted {
+        last: Box<RegistryError>,
+        attempts: u32,
+        seconds: f64,
+        /// A `Retry-After` that did not fit in the budget.
+        asked: Option<u64>,
+    },
 }
 
 impl RegistryError {
@@ -78,6 +91,15 @@ impl RegistryError {
         }
     }
 
+    /// A request that must not be tried again: a redirect refused by our policy, or one that
+    /// could not be built.
+    pub(crate) fn refused(operation: &str, error: &reqwest::Error) -> Self {
+        let Self::Transport { message, .. } = Self::transport(operation, error) else {
+            unreachable!("transport() builds a Transport error")
+        };
+        Self::Protocol(format!("{operation}: {message}"))
+    }
+
     pub(crate) async fn from_response(operation: &str, response: Response) -> Self {
         let status = response.status().as_u16();
         let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
@@ -90,14 +112,16 @@ impl RegistryError {
         }
     }
 
-    /// Whether trying again could help (network trouble, throttling, server errors).
+    /// Whether trying again could help (network trouble, throttling, server errors). An
+    /// exhausted error was retried already: retrying it again (an upload retrying the POST
+    /// that already used up its attempts) would multiply the time bound.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Transport { .. } => true,
             Self::Status { status, .. } => {
                 retry::is_retryable_status(StatusCode::from_u16(*status).unwrap_or_default())
             }
-            Self::Unauthorized { .. } | Self::Protocol(_) => false,
+            Self::Unauthorized { .. } | Self::Protocol(_) | Self::Exhausted { .. } => false,
         }
     }
 
@@ -105,7 +129,18 @@ impl RegistryError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Status { code, .. } => code.as_deref(),
+            Self::Exhausted { last, .. } => last.code(),
             _ => None,
+        }
+    }
+
+    /// This error, as the last of `attempts` that used up the retry budget.
+    fn exhausted(self, attempts: &retry::Attempts<'_>, asked: Option<Duration>) -> Self {
+        Self::Exhausted {
+            last: Box::new(self),
+            attempts: attempts.number(),
+            seconds: attempts.elapsed().as_secs_f64(),
+            asked: asked.map(|d| d.as_secs()),
         }
     }
 }
@@ -176,7 +211,8 @@ impl<E> From<RegistryError> for UploadError<E> {
 pub struct ClientOptions {
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
-    /// Longest silence while waiting for a response or reading one (a stalled registry).
+    /// Longest silence while waiting for a response or reading one (a stalled registry); at
+    /// most half of `retry.total` is used (see [`RetryPolicy::stall_timeout`]).
     pub read_timeout: Duration,
 }
 
@@ -193,9 +229,15 @@ impl Default for ClientOptions {
 /// A client for one registry.
 pub struct Client {
     http: reqwest::Client,
+    /// For the streaming PATCH: no read timeout, because reqwest's runs from the start of the
+    /// request to the response headers and would cut off any upload that takes longer. Stalls
+    /// are caught by [`Client::send_watched`] instead, which counts body progress.
+    upload_http: reqwest::Client,
     base: Url,
     auth: Authenticator,
     retry: RetryPolicy,
+    /// Longest time without progress (no answer, no body bytes taken) before an attempt fails.
+    stall: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -217,17 +259,45 @@ impl Client {
         credentials: Box<dyn CredentialProvider>,
         options: &ClientOptions,
     ) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ecr-push/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout)
+        let stall = options.retry.stall_timeout(options.read_timeout);
+        let builder = || {
+            let registry = base.clone();
+            reqwest::Client::builder()
+                .user_agent(concat!("ecr-push/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(options.retry.stall_timeout(options.connect_timeout))
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    // Redirects obey the same rule as upload Locations: a blob download may go
+                    // to S3, but never to the runner's own network (reqwest drops the
+                    // Authorization header on any host change; this also keeps requests and
+                    // bodies away from such addresses).
+                    if attempt.previous().len() >= 10 {
+                        attempt.error("too many redirects")
+                    } else if location_allowed(&registry, attempt.url()) {
+                        attempt.follow()
+                    } else {
+                        let refused = format!(
+                            "refusing to follow a redirect to {}, a different host that is not \
+                             public HTTPS",
+                            attempt.url().host_str().unwrap_or("?")
+                        );
+                        attempt.error(refused)
+                    }
+                }))
+        };
+        let http = builder()
+            .read_timeout(stall)
+            .build()
+            .map_err(|e| RegistryError::transport("set up the HTTP client", &e))?;
+        let upload_http = builder()
             .build()
             .map_err(|e| RegistryError::transport("set up the HTTP client", &e))?;
         Ok(Self {
             http,
+            upload_http,
             base,
             auth: Authenticator::new(credentials),
             retry: options.retry.clone(),
+            stall,
         })
     }
 
@@ -255,7 +325,18 @@ impl Client {
         scope: &str,
         build: &(dyn Fn() -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
-        let mut attempts = self.retry.start();
+        self.execute_with(operation, scope, build, self.retry.start())
+            .await
+    }
+
+    /// [`Client::execute`] with attempts that may share an enclosing operation's time budget.
+    async fn execute_with(
+        &self,
+        operation: &str,
+        scope: &str,
+        build: &(dyn Fn() -> RequestBuilder + Sync),
+        mut attempts: retry::Attempts<'_>,
+    ) -> Result<Response, RegistryError> {
         let mut refreshed = false;
         loop {
             let authorization = self.auth.authorization(scope).await?;
@@ -279,13 +360,24 @@ impl Client {
                     let asked = retry::retry_after(response.headers());
                     match attempts.next_delay(asked) {
                         Some(delay) => delay,
-                        None => return Err(RegistryError::from_response(operation, response).await),
+                        None => {
+                            return Err(RegistryError::from_response(operation, response)
+                                .await
+                                .exhausted(&attempts, asked));
+                        }
                     }
                 }
                 Ok(response) => return Ok(response),
+                Err(error) if !is_transient_transport(&error) => {
+                    return Err(RegistryError::refused(operation, &error));
+                }
                 Err(error) => match attempts.next_delay(None) {
                     Some(delay) => delay,
-                    None => return Err(RegistryError::transport(operation, &error)),
+                    None => {
+                        return Err(
+                            RegistryError::transport(operation, &error).exhausted(&attempts, None)
+                        );
+                    }
                 },
             };
             tokio::time::sleep(delay).await;
@@ -329,7 +421,8 @@ impl Client {
     }
 
     /// Streams a blob to the registry and commits it if `check` accepts what was sent.
-    /// The whole upload is retried (with a fresh body) after transient failures.
+    /// The whole upload is retried (with a fresh body, so the source is read again) after
+    /// transient failures; every step shares one time budget.
     pub async fn upload_blob<E>(
         &self,
         repository: &str,
@@ -341,7 +434,7 @@ impl Client {
         let mut refreshed = false;
         loop {
             let failure = match self
-                .upload_once(repository, &scope, make_body, check, refreshed)
+                .upload_once(repository, &scope, make_body, check, refreshed, &attempts)
                 .await
             {
                 Ok(streamed) => return Ok(streamed),
@@ -354,7 +447,11 @@ impl Client {
             };
             match attempts.next_delay(failure.1) {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => return Err(UploadError::Registry(failure.0)),
+                None => {
+                    return Err(UploadError::Registry(
+                        failure.0.exhausted(&attempts, failure.1),
+                    ));
+                }
             }
         }
     }
@@ -366,13 +463,17 @@ impl Client {
         make_body: &(dyn Fn() -> UploadBody + Sync),
         check: &(dyn Fn(&Streamed) -> Result<(), E> + Sync),
         refreshed: bool,
+        attempts: &retry::Attempts<'_>,
     ) -> Result<Streamed, Attempt<E>> {
         let start_url = self.endpoint(repository, "blobs/uploads/");
         let operation = format!("start an upload to {repository}");
         let response = self
-            .execute(&operation, scope, &|| {
-                self.http.post(start_url.clone()).header(CONTENT_LENGTH, 0)
-            })
+            .execute_with(
+                &operation,
+                scope,
+                &|| self.http.post(start_url.clone()).header(CONTENT_LENGTH, 0),
+                attempts.nested(),
+            )
             .await
             .map_err(Attempt::from_registry)?;
         if response.status() != StatusCode::ACCEPTED {
@@ -391,15 +492,22 @@ impl Client {
             .authorization(scope)
             .await
             .map_err(Attempt::from_registry)?;
+        let progress = Progress::new();
+        let chunks = {
+            let progress = progress.clone();
+            futures::StreamExt::inspect(body.chunks, move |_| progress.touch())
+        };
         let mut request = self
-            .http
+            .upload_http
             .patch(location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(body.chunks));
+            .body(reqwest::Body::wrap_stream(chunks));
         if let Some(length) = body.length {
             request = request.header(CONTENT_LENGTH, length);
         }
-        let sent = with_auth(request, &authorization).send().await;
+        let sent = self
+            .send_watched(with_auth(request, &authorization), &progress, &operation)
+            .await;
         let outcome = body.outcome.await.map_err(|e| {
             Attempt::Final(UploadError::Source(io::Error::other(format!(
                 "the blob reader failed: {e}"
@@ -415,10 +523,7 @@ impl Client {
                 {
                     return Err(Attempt::Final(UploadError::Source(source_error)));
                 }
-                return Err(Attempt::Transient(
-                    RegistryError::transport(&operation, &error),
-                    None,
-                ));
+                return Err(Attempt::Transient(error, None));
             }
         };
         match response.status() {
@@ -439,7 +544,7 @@ impl Client {
             StatusCode::ACCEPTED | StatusCode::CREATED | StatusCode::NO_CONTENT => {}
             _ => {
                 let asked = retry::retry_after(response.headers());
-                return Err(Attempt::from_registry_with(
+                return Err(Attempt::from_session(
                     RegistryError::from_response(&operation, response).await,
                     asked,
                 ));
@@ -447,7 +552,8 @@ impl Client {
         }
         let streamed = outcome.map_err(|e| Attempt::Final(UploadError::Source(e)))?;
         // Later PATCH responses carry the session's next location; ECR sends none, so the old
-        // one stays valid.
+        // one stays valid. Its `Range` may be stale (ECR), so it is not read at all: the whole
+        // blob went in this one PATCH, and the commit's digest check says whether it arrived.
         let location = match response.headers().get(LOCATION) {
             Some(_) => self.location(&response, &location)?,
             None => location,
@@ -458,6 +564,45 @@ impl Client {
         }
         self.commit(repository, scope, location, &streamed).await?;
         Ok(streamed)
+    }
+
+    /// Sends a streaming request and waits for its answer, failing the attempt when nothing
+    /// moves for [`Client::stall`]: neither a body chunk taken by the connection nor an answer.
+    /// (A fixed deadline would cut off large uploads on slow links; no deadline would let a
+    /// registry that stopped reading hold the push forever.)
+    async fn send_watched(
+        &self,
+        request: RequestBuilder,
+        progress: &Progress,
+        operation: &str,
+    ) -> Result<Response, RegistryError> {
+        let send = request.send();
+        tokio::pin!(send);
+        loop {
+            let idle = progress.idle();
+            if idle >= self.stall {
+                return Err(RegistryError::Transport {
+                    operation: operation.to_owned(),
+                    message: format!(
+                        "no progress for {} s: the registry stopped reading the upload or \
+                         answering",
+                        self.stall.as_secs()
+                    ),
+                });
+            }
+            tokio::select! {
+                result = &mut send => {
+                    return result.map_err(|error| {
+                        if is_transient_transport(&error) {
+                            RegistryError::transport(operation, &error)
+                        } else {
+                            RegistryError::refused(operation, &error)
+                        }
+                    });
+                }
+                () = tokio::time::sleep(self.stall.saturating_sub(idle)) => {}
+            }
+        }
     }
 
     /// `PUT <location>?digest=` with no body: the registry checks the digest of what it
@@ -501,7 +646,7 @@ impl Client {
             StatusCode::CREATED | StatusCode::ACCEPTED | StatusCode::NO_CONTENT
         ) {
             let asked = retry::retry_after(response.headers());
-            return Err(Attempt::from_registry_with(
+            return Err(Attempt::from_session(
                 RegistryError::from_response(&operation, response).await,
                 asked,
             ));
@@ -561,26 +706,7 @@ impl Client {
     /// if it is not a loopback or private address (which would let a hostile registry aim our
     /// credentials at the runner's own network).
     fn location_allowed(&self, url: &Url) -> bool {
-        let same_origin = url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default();
-        if same_origin {
-            return true;
-        }
-        if url.scheme() != "https" {
-            return false;
-        }
-        match url.host() {
-            Some(url::Host::Domain(domain)) => {
-                let domain = domain.to_ascii_lowercase();
-                domain != "localhost"
-                    && !domain.ends_with(".localhost")
-                    && !domain.ends_with(".internal")
-            }
-            Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
-            None => false,
-        }
+        location_allowed(&self.base, url)
     }
 
     /// Up to `limit` tags of a repository (`tags/list?n=`); empty if it does not exist.
@@ -736,6 +862,66 @@ impl Client {
     }
 }
 
+/// Same scheme, host and port as the registry (`base`); or another host only over HTTPS and
+/// only if it is not a loopback or private address (which would let a hostile registry aim our
+/// credentials, or at least our requests, at the runner's own network).
+fn location_allowed(base: &Url, url: &Url) -> bool {
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if same_origin {
+        return true;
+    }
+    if url.scheme() != "https" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(domain)) => {
+            let domain = domain.to_ascii_lowercase();
+            domain != "localhost"
+                && !domain.ends_with(".localhost")
+                && !domain.ends_with(".internal")
+        }
+        Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
+        None => false,
+    }
+}
+
+/// Transport errors worth another attempt: everything but a refused redirect and a request
+/// that could not even be built.
+fn is_transient_transport(error: &reqwest::Error) -> bool {
+    !(error.is_redirect() || error.is_builder())
+}
+
+/// When body bytes were last taken by the connection (for [`Client::send_watched`]).
+#[derive(Clone)]
+struct Progress {
+    started: std::time::Instant,
+    last_millis: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last_millis: std::sync::Arc::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last =
+            Duration::from_millis(self.last_millis.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
 /// How one upload attempt ended, when it did not succeed.
 enum Attempt<E> {
     Final(UploadError<E>),
@@ -753,6 +939,22 @@ impl<E> Attempt<E> {
             Self::Transient(error, asked)
         } else {
             Self::Final(UploadError::Registry(error))
+        }
+    }
+
+    /// An error answer to a request of an upload session (PATCH, commit). Besides the usual
+    /// transient ones, a lost session (`BLOB_UPLOAD_UNKNOWN`, `BLOB_UPLOAD_INVALID`: expired,
+    /// or forgotten by a restarted registry node) and `DIGEST_INVALID` (our bytes were checked
+    /// as they were sent, so the registry received others: corrupted in transit) are worth a
+    /// fresh upload, within the same bounds.
+    fn from_session(error: RegistryError, asked: Option<Duration>) -> Self {
+        if matches!(
+            error.code(),
+            Some("BLOB_UPLOAD_UNKNOWN" | "BLOB_UPLOAD_INVALID" | "DIGEST_INVALID")
+        ) {
+            Self::Transient(error, asked)
+        } else {
+            Self::from_registry_with(error, asked)
         }
     }
 }

@@ -38,6 +38,14 @@ impl RetryPolicy {
             attempt: 1,
         }
     }
+
+    /// The longest the client waits for an answer (or for an upload to make progress) before it
+    /// calls the attempt failed: at most `ceiling`, and at most half the retry budget, so a
+    /// stalled registry is tried at least twice and still fails the push within `total`
+    /// (about, plus one attempt in flight), not after a minute per attempt.
+    pub fn stall_timeout(&self, ceiling: Duration) -> Duration {
+        ceiling.min(self.total / 2).max(Duration::from_secs(1))
+    }
 }
 
 /// Statuses that say "later" rather than "no": timeouts, throttling (ECR: 429
@@ -88,6 +96,18 @@ impl Attempts<'_> {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// Attempts of a step inside this operation (the POST that starts an upload): counted on
+    /// their own, but sharing this operation's time budget, so retries inside retries cannot
+    /// multiply the time a failing registry holds the push.
+    #[must_use]
+    pub fn nested(&self) -> Self {
+        Self {
+            policy: self.policy,
+            started: self.started,
+            attempt: 1,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +154,33 @@ mod tests {
         for _ in 0..40 {
             assert!(attempts.next_delay(None).unwrap() <= Duration::from_millis(300));
         }
+    }
+
+    #[test]
+    fn nested_attempts_share_the_time_budget() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            total: Duration::from_millis(50),
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        };
+        let outer = policy.start();
+        std::thread::sleep(Duration::from_millis(60));
+        let mut inner = outer.nested();
+        assert_eq!(inner.number(), 1);
+        assert_eq!(inner.next_delay(None), None, "the outer budget is spent");
+    }
+
+    #[test]
+    fn stall_timeout_fits_the_budget() {
+        let policy = |secs| RetryPolicy {
+            total: Duration::from_secs(secs),
+            ..RetryPolicy::default()
+        };
+        let ceiling = Duration::from_secs(60);
+        assert_eq!(policy(120).stall_timeout(ceiling), ceiling);
+        assert_eq!(policy(10).stall_timeout(ceiling), Duration::from_secs(5));
+        assert_eq!(policy(1).stall_timeout(ceiling), Duration::from_secs(1));
     }
 
     #[test]
