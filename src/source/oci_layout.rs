@@ -19,6 +19,13 @@ use super::{
 };
 use crate::blob::BlobSource;
 
+/// Config media types of container images (as opposed to artifacts, whose config may be
+/// anything).
+const IMAGE_CONFIG_TYPES: [&str; 2] = [
+    super::OCI_CONFIG,
+    "application/vnd.docker.container.image.v1+json",
+];
+
 /// How deep indexes may nest (Docker 29 uses two levels); deeper means a broken or hostile input.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -351,8 +358,18 @@ impl Resolver<'_> {
             MAX_CONFIG_BYTES,
             "image config",
         )?;
-        // Artifacts may carry a non-JSON config; only image configs have platform and diff_ids.
-        let summary = serde_json::from_slice::<ConfigSummary>(&config_bytes).unwrap_or_default();
+        // Artifacts may carry a non-JSON config; only image configs have platform and diff_ids,
+        // and an image config that is not JSON is a broken image (registries and runtimes
+        // would refuse it later, after the push).
+        let config_type = config_descriptor.media_type().to_string();
+        let summary = if IMAGE_CONFIG_TYPES.contains(&config_type.as_str()) {
+            ConfigSummary::parse(
+                &config_bytes,
+                &format!("image config {}", config_descriptor.digest()),
+            )?
+        } else {
+            serde_json::from_slice::<ConfigSummary>(&config_bytes).unwrap_or_default()
+        };
         let config = Blob {
             digest: config_descriptor.digest().clone(),
             size: config_descriptor.size(),

@@ -99,7 +99,21 @@ impl Store {
         match self {
             Self::Directory(root) => {
                 let path = root.join(&relative);
-                let file = File::open(&path).map_err(|e| match e.kind() {
+                let real = path.canonicalize().map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => SourceError::Missing(relative.clone()),
+                    _ => SourceError::io(&path, e),
+                })?;
+                // Symlinks inside the layout are fine; one that leads out of it is not: a
+                // hostile layout could otherwise have this tool read (and start uploading)
+                // any file the runner can read before a digest check refuses it.
+                let real_root = root.canonicalize().map_err(|e| SourceError::io(root, e))?;
+                if !real.starts_with(&real_root) {
+                    return Err(SourceError::Invalid(format!(
+                        "{relative} is a link to {}, outside the layout; refusing it",
+                        real.display()
+                    )));
+                }
+                let file = File::open(&real).map_err(|e| match e.kind() {
                     io::ErrorKind::NotFound => SourceError::Missing(relative.clone()),
                     _ => SourceError::io(&path, e),
                 })?;
@@ -249,6 +263,32 @@ fn resolve_symlink_target(link: &str, target: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
+/// Requires the zero block that ends a tar right after its last entry.
+fn check_end_marker(file: &File, end_of_entries: u64, total: u64) -> Result<(), String> {
+    let truncated = || {
+        format!(
+            "the tar archive stops after {end_of_entries} of its bytes without the \
+             end-of-archive marker: it is truncated; re-create it"
+        )
+    };
+    if end_of_entries.saturating_add(512) > total {
+        return Err(truncated());
+    }
+    let mut marker = [0u8; 512];
+    let mut reader = file;
+    reader
+        .seek(SeekFrom::Start(end_of_entries))
+        .and_then(|_| reader.read_exact(&mut marker))
+        .map_err(|e| format!("cannot read the end of the tar archive: {e}"))?;
+    if marker.iter().any(|&b| b != 0) {
+        return Err(format!(
+            "the tar archive has data after its last readable entry (at byte {end_of_entries}) \
+             that is not a tar header: it is damaged or truncated"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 enum TarEntry {
     File { offset: u64, len: u64 },
@@ -269,6 +309,10 @@ impl TarIndex {
             reason,
         };
         let mut entries = HashMap::new();
+        // Where the last entry (header and padded body) ends: an end-of-archive block must
+        // follow, or the archive was cut at a block boundary (the tar reader alone would take
+        // that for a shorter, complete archive).
+        let mut end_of_entries = 0u64;
         let mut archive = tar::Archive::new(&file);
         let iter = archive
             .entries_with_seek()
@@ -279,6 +323,9 @@ impl TarIndex {
                     "the tar archive is damaged or truncated ({e}); re-create it"
                 ))
             })?;
+            end_of_entries = entry
+                .raw_file_position()
+                .saturating_add(entry.size().next_multiple_of(512));
             let raw_path = entry
                 .path()
                 .map_err(|e| invalid(format!("a tar entry has an unreadable name: {e}")))?
@@ -338,6 +385,7 @@ impl TarIndex {
                 }
             }
         }
+        check_end_marker(&file, end_of_entries, total).map_err(invalid)?;
         Ok(Self {
             file: Arc::new(file),
             entries,
