@@ -3,5 +3,7 @@
 
 mod harness;
 
+mod bad_input;
 mod ecr;
+mod faults;
 mod formats;

@@ -1,15 +1,91 @@
 //! An HTTP proxy between ecr-push and the real registry that can misbehave on purpose: answer
-//! with a chosen status (401, 429, 503, …), drop the connection, or pass the request on. A hook
-//! decides per request; every request is recorded.
+//! with a chosen status (401, 429, 503, …), drop the connection before answering or in the
+//! middle of a request body, stall, flip bytes of a body on its way to the registry, change
+//! the answer (drop headers, 201 for 202, relative or hostile `Location`), or pass the request
+//! on. A hook decides per request; every request is recorded with its [`Kind`].
+//!
+//! [`Faults`] builds such a hook from rules ("30% of PATCH requests answer 503", "the first
+//! commit is reset"), reproducibly for a seed. [`Proxy::start_ecr_style`] also makes the
+//! registry answer the way ECR does (see `DESIGN.md` §4): 201 on PATCH with no `Location` and a
+//! stale `Range`, relative upload `Location`s, no `Docker-Content-Digest` on manifest GET and no
+//! `Location` on manifest PUT.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
+
+/// What a request is, in OCI distribution terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `GET /v2/`
+    Ping,
+    HeadBlob,
+    GetBlob,
+    /// `POST /v2/<name>/blobs/uploads/`
+    StartUpload,
+    /// `PATCH <upload location>`
+    PatchUpload,
+    /// `PUT <upload location>?digest=`
+    CommitUpload,
+    /// `DELETE <upload location>` (an abandoned upload)
+    CancelUpload,
+    PutManifest,
+    GetManifest,
+    HeadManifest,
+    Tags,
+    /// Anything else (a token service served by the hook, …).
+    Other,
+}
+
+impl Kind {
+    /// Classifies a request by method and path.
+    pub fn of(method: &str, target: &str) -> Self {
+        let path = target.split('?').next().unwrap_or_default();
+        if path == "/v2/" || path == "/v2" {
+            return Self::Ping;
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return Self::Other;
+        };
+        if let Some((_, upload)) = rest.rsplit_once("/blobs/uploads") {
+            let started = upload.trim_start_matches('/').is_empty();
+            return match (method, started) {
+                ("POST", true) => Self::StartUpload,
+                ("PATCH", false) => Self::PatchUpload,
+                ("PUT", false) => Self::CommitUpload,
+                ("DELETE", false) => Self::CancelUpload,
+                _ => Self::Other,
+            };
+        }
+        if rest.contains("/blobs/") {
+            return match method {
+                "HEAD" => Self::HeadBlob,
+                "GET" => Self::GetBlob,
+                _ => Self::Other,
+            };
+        }
+        if rest.contains("/manifests/") {
+            return match method {
+                "PUT" => Self::PutManifest,
+                "GET" => Self::GetManifest,
+                "HEAD" => Self::HeadManifest,
+                _ => Self::Other,
+            };
+        }
+        if rest.ends_with("/tags/list") {
+            return Self::Tags;
+        }
+        Self::Other
+    }
+}
 
 /// A request as the hook sees it.
 #[derive(Clone, Debug)]
@@ -20,6 +96,42 @@ pub struct Seen {
     /// Path and query.
     pub target: String,
     pub authorization: Option<String>,
+    pub kind: Kind,
+    /// When the proxy received it.
+    pub at: Instant,
+}
+
+/// Changes to a forwarded request or to its answer.
+#[derive(Clone, Debug, Default)]
+pub struct Modify {
+    /// XOR this byte of the request body with 0xff on its way to the registry.
+    pub flip_request_byte: Option<u64>,
+    /// Answer with this status instead of the registry's.
+    pub status: Option<u16>,
+    /// Headers left out of the answer (lower case).
+    pub remove_headers: Vec<String>,
+    /// Headers set on the answer (replacing the registry's).
+    pub set_headers: Vec<(String, String)>,
+    /// Turn an absolute `Location` into a path.
+    pub relative_location: bool,
+    /// Read the request body no faster than this (bytes per second): a slow link.
+    pub throttle: Option<u64>,
+}
+
+impl Modify {
+    pub fn flip_byte(offset: u64) -> Self {
+        Self {
+            flip_request_byte: Some(offset),
+            ..Self::default()
+        }
+    }
+
+    pub fn without_header(name: &str) -> Self {
+        Self {
+            remove_headers: vec![name.to_ascii_lowercase()],
+            ..Self::default()
+        }
+    }
 }
 
 /// What to do with a request.
@@ -30,6 +142,26 @@ pub enum Action {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// Read the request, then close the connection without an answer (the registry never sees
+    /// it).
+    Reset,
+    /// Read this many bytes of the request body (all of it if it is shorter), then close the
+    /// connection: a connection that breaks in the middle of an upload.
+    ResetMidBody {
+        after: u64,
+    },
+    /// Pass the request on, so the registry acts on it, but lose the answer.
+    ForwardThenReset,
+    /// Answer nothing for this long (longer than the client waits), then close.
+    Stall(Duration),
+    /// Read this many bytes of the request body, then stop reading (and answer nothing) for
+    /// this long, then close: an upload that stops moving.
+    StallMidBody {
+        after: u64,
+        stall: Duration,
+    },
+    /// Pass the request on with changes.
+    ForwardModified(Modify),
 }
 
 impl Action {
@@ -40,6 +172,171 @@ impl Action {
             body: String::new(),
         }
     }
+
+    /// An OCI error answer: `{"errors":[{"code": ..., "message": ...}]}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string(),
+        }
+    }
+}
+
+/// When a fault rule fires, counted over the requests of its kinds.
+#[derive(Clone, Copy, Debug)]
+pub enum When {
+    Always,
+    /// The first `n` matching requests.
+    First(usize),
+    /// Each matching request with this probability, drawn from the plan's seed.
+    Chance(f64),
+}
+
+/// A fault, turned into an [`Action`] each time it fires.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// An answer with this status (and an OCI error body), optionally with `Retry-After`.
+    Status {
+        status: u16,
+        code: &'static str,
+        retry_after: Option<u64>,
+    },
+    Reset,
+    ResetMidBody(u64),
+    ForwardThenReset,
+    Stall(Duration),
+    StallMidBody(u64, Duration),
+    Modify(Modify),
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Self {
+        let code = match status {
+            429 => "TOOMANYREQUESTS",
+            401 => "UNAUTHORIZED",
+            403 => "DENIED",
+            _ => "UNAVAILABLE",
+        };
+        Self::Status {
+            status,
+            code,
+            retry_after: None,
+        }
+    }
+
+    fn action(&self) -> Action {
+        match self {
+            Self::Status {
+                status,
+                code,
+                retry_after,
+            } => {
+                let Action::Respond {
+                    status,
+                    mut headers,
+                    body,
+                } = Action::error(*status, code, "injected by the test proxy")
+                else {
+                    unreachable!()
+                };
+                if let Some(seconds) = retry_after {
+                    headers.push(("Retry-After".into(), seconds.to_string()));
+                }
+                Action::Respond {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            Self::Reset => Action::Reset,
+            Self::ResetMidBody(after) => Action::ResetMidBody { after: *after },
+            Self::ForwardThenReset => Action::ForwardThenReset,
+            Self::Stall(duration) => Action::Stall(*duration),
+            Self::StallMidBody(after, stall) => Action::StallMidBody {
+                after: *after,
+                stall: *stall,
+            },
+            Self::Modify(modify) => Action::ForwardModified(modify.clone()),
+        }
+    }
+}
+
+struct Rule {
+    kinds: Vec<Kind>,
+    when: When,
+    fault: Fault,
+    matched: AtomicUsize,
+    fired: AtomicUsize,
+}
+
+/// A reproducible fault plan: rules are tried in order, the first that fires decides; requests
+/// no rule fires for are forwarded. Random choices depend only on the seed, the rule and how
+/// many requests of its kinds came before (so with `--jobs 1` a run repeats exactly).
+pub struct Faults {
+    seed: u64,
+    rules: Vec<Rule>,
+}
+
+impl Faults {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Adds a rule for requests of `kinds` (empty: every request).
+    #[must_use]
+    pub fn on(mut self, kinds: &[Kind], when: When, fault: Fault) -> Self {
+        self.rules.push(Rule {
+            kinds: kinds.to_vec(),
+            when,
+            fault,
+            matched: AtomicUsize::new(0),
+            fired: AtomicUsize::new(0),
+        });
+        self
+    }
+
+    fn decide(&self, seen: &Seen) -> Action {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !rule.kinds.is_empty() && !rule.kinds.contains(&seen.kind) {
+                continue;
+            }
+            let n = rule.matched.fetch_add(1, Ordering::SeqCst);
+            let fires = match rule.when {
+                When::Always => true,
+                When::First(count) => n < count,
+                When::Chance(p) => unit_interval(self.seed, index as u64, n as u64) < p,
+            };
+            if fires {
+                rule.fired.fetch_add(1, Ordering::SeqCst);
+                return rule.fault.action();
+            }
+        }
+        Action::Forward
+    }
+
+    /// How often each rule fired, in the order they were added.
+    pub fn fired(&self) -> Vec<usize> {
+        self.rules
+            .iter()
+            .map(|rule| rule.fired.load(Ordering::SeqCst))
+            .collect()
+    }
+}
+
+/// A number in [0, 1) from (seed, rule, n): splitmix64, no dependency, same on every machine.
+fn unit_interval(seed: u64, rule: u64, n: u64) -> f64 {
+    let mut z = seed
+        .wrapping_add(rule.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // 24 random bits are plenty for fault probabilities.
+    f64::from((z >> 40) as u32) / f64::from(1u32 << 24)
 }
 
 type Hook = dyn Fn(&Seen) -> Action + Send + Sync;
@@ -50,6 +347,11 @@ struct State {
     hook: Box<Hook>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
+    ecr_style: bool,
+    /// ECR style: the registry's real (stateful) upload URL behind each stable upload path.
+    sessions: Mutex<HashMap<String, String>>,
+    /// The plan behind the hook, when the proxy was started with one.
+    faults: Option<Arc<Faults>>,
 }
 
 pub struct Proxy {
@@ -61,6 +363,35 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy in front of `upstream` (e.g. `http://127.0.0.1:5000`).
     pub fn start(upstream: &str, hook: impl Fn(&Seen) -> Action + Send + Sync + 'static) -> Self {
+        Self::launch(upstream, Box::new(hook), false, None)
+    }
+
+    /// A proxy that answers like ECR does (see the module docs), and asks `hook` too.
+    pub fn start_ecr_style(
+        upstream: &str,
+        hook: impl Fn(&Seen) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        Self::launch(upstream, Box::new(hook), true, None)
+    }
+
+    /// A proxy that injects the faults of `faults`.
+    pub fn with_faults(upstream: &str, faults: Faults) -> Self {
+        let faults = Arc::new(faults);
+        let deciding = Arc::clone(&faults);
+        Self::launch(
+            upstream,
+            Box::new(move |seen| deciding.decide(seen)),
+            false,
+            Some(faults),
+        )
+    }
+
+    fn launch(
+        upstream: &str,
+        hook: Box<Hook>,
+        ecr_style: bool,
+        faults: Option<Arc<Faults>>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -73,12 +404,15 @@ impl Proxy {
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             own_origin: format!("http://127.0.0.1:{port}"),
-            hook: Box::new(hook),
+            hook,
             seen: Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            ecr_style,
+            sessions: Mutex::new(HashMap::new()),
+            faults,
         });
         let serving = Arc::clone(&state);
         runtime.spawn(async move {
@@ -91,6 +425,8 @@ impl Proxy {
                     let service = hyper::service::service_fn(move |request| {
                         handle(Arc::clone(&state), request)
                     });
+                    // An error ends the connection without an answer: that is how the
+                    // Reset faults work.
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -108,13 +444,41 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Every request seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// How many requests of `kind` were seen.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.kind == kind)
+            .count()
+    }
+
+    /// How often each fault rule fired (with [`Proxy::with_faults`]).
+    pub fn fired(&self) -> Vec<usize> {
+        self.state
+            .faults
+            .as_ref()
+            .map(|faults| faults.fired())
+            .unwrap_or_default()
+    }
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+fn broken(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("test proxy: {what}"))
+}
 
 async fn handle(
     state: Arc<State>,
@@ -122,19 +486,23 @@ async fn handle(
 ) -> Result<Response<Body>, std::io::Error> {
     let seen = {
         let mut all = state.seen.lock().unwrap();
+        let method = request.method().to_string();
+        let target = request
+            .uri()
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let seen = Seen {
             number: all.len() + 1,
-            method: request.method().to_string(),
-            target: request
-                .uri()
-                .path_and_query()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            kind: Kind::of(&method, &target),
+            method,
+            target,
             authorization: request
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            at: Instant::now(),
         };
         all.push(seen.clone());
         seen
@@ -145,14 +513,52 @@ async fn handle(
             headers,
             body,
         } => {
+            // Read the body first, as a registry would before refusing it.
+            let _ = request.into_body().collect().await;
             let mut response = Response::builder().status(status);
             for (name, value) in headers {
                 response = response.header(name, value);
             }
             Ok(response.body(full(body)).unwrap())
         }
-        Action::Forward => forward(&state, request).await,
+        Action::Forward => forward(&state, &seen, request, &Modify::default()).await,
+        Action::ForwardModified(modify) => forward(&state, &seen, request, &modify).await,
+        Action::Reset => {
+            let _ = request.into_body().collect().await;
+            Err(broken("connection reset before answering"))
+        }
+        Action::ResetMidBody { after } => {
+            let _body = read_some(request.into_body(), after).await;
+            Err(broken("connection reset in the middle of the request body"))
+        }
+        Action::StallMidBody { after, stall } => {
+            // Keep the body (and so the connection) open without reading more.
+            let _body = read_some(request.into_body(), after).await;
+            tokio::time::sleep(stall).await;
+            Err(broken("stalled in the middle of the request body"))
+        }
+        Action::ForwardThenReset => {
+            let response = forward(&state, &seen, request, &Modify::default()).await?;
+            let _ = response.into_body().collect().await;
+            Err(broken("connection reset after the registry answered"))
+        }
+        Action::Stall(duration) => {
+            tokio::time::sleep(duration).await;
+            Err(broken("stalled"))
+        }
     }
+}
+
+/// Reads at least `limit` bytes of a body (or all of it), and hands back the rest unread.
+async fn read_some(mut body: Incoming, limit: u64) -> Incoming {
+    let mut read = 0u64;
+    while read < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
+    }
+    body
 }
 
 fn full(text: String) -> Body {
@@ -161,30 +567,81 @@ fn full(text: String) -> Body {
         .boxed()
 }
 
+/// The stable upload path (no query) a Location names, for ECR-style session tracking.
+fn upload_key(location_or_target: &str) -> String {
+    let without_origin = location_or_target
+        .find("/v2/")
+        .map_or(location_or_target, |at| &location_or_target[at..]);
+    without_origin
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn forward(
     state: &State,
+    seen: &Seen,
     request: Request<Incoming>,
+    modify: &Modify,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = request.into_parts();
-    let url = format!(
-        "{}{}",
-        state.upstream,
-        parts
-            .uri
-            .path_and_query()
-            .map(ToString::to_string)
-            .unwrap_or_default()
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let mut url = format!("{}{target}", state.upstream);
+    let upload_session = matches!(
+        seen.kind,
+        Kind::PatchUpload | Kind::CommitUpload | Kind::CancelUpload
     );
+    if state.ecr_style && upload_session {
+        // The client kept the upload path the POST gave (ECR's stay valid); the registry wants
+        // the URL with its latest `_state`.
+        let key = upload_key(&target);
+        if let Some(real) = state.sessions.lock().unwrap().get(&key) {
+            url.clone_from(real);
+            if let Some((_, query)) = target.split_once('?') {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(query);
+            }
+        }
+    }
     let mut outgoing = state.client.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
         if !matches!(name.as_str(), "host" | "connection" | "transfer-encoding") {
             outgoing = outgoing.header(name, value);
         }
     }
-    let chunks = BodyStream::new(body).filter_map(|frame| async move {
-        match frame {
-            Ok(frame) => frame.into_data().ok().map(Ok::<_, std::io::Error>),
+    let flip = modify.flip_request_byte;
+    let throttle = modify.throttle;
+    let mut offset = 0u64;
+    let chunks = BodyStream::new(body).filter_map(move |frame| {
+        let delay = match (&frame, throttle) {
+            (Ok(frame), Some(rate)) => frame.data_ref().map_or(Duration::ZERO, |d| {
+                Duration::from_nanos(d.len() as u64 * 1_000_000_000 / rate.max(1))
+            }),
+            _ => Duration::ZERO,
+        };
+        let result = match frame {
+            Ok(frame) => frame.into_data().ok().map(|data| {
+                let start = offset;
+                offset += data.len() as u64;
+                match flip {
+                    Some(at) if at >= start && at < offset => {
+                        let mut bytes = data.to_vec();
+                        bytes[(at - start) as usize] ^= 0xff;
+                        Ok::<_, std::io::Error>(Bytes::from(bytes))
+                    }
+                    _ => Ok(data),
+                }
+            }),
             Err(error) => Some(Err(std::io::Error::other(error))),
+        };
+        async move {
+            tokio::time::sleep(delay).await;
+            result
         }
     });
     let upstream = outgoing
@@ -192,26 +649,100 @@ async fn forward(
         .send()
         .await
         .map_err(std::io::Error::other)?;
-    let mut response = Response::builder().status(upstream.status().as_u16());
+    Ok(answer(state, seen.kind, upstream, modify))
+}
+
+/// The registry's answer as the client gets it: Locations kept on the proxy, then changed as
+/// ECR would (if so started) and as `modify` says.
+fn answer(
+    state: &State,
+    kind: Kind,
+    upstream: reqwest::Response,
+    modify: &Modify,
+) -> Response<Body> {
+    let mut status = upstream.status().as_u16();
+    let mut headers: Vec<(String, String)> = Vec::new();
     for (name, value) in upstream.headers() {
         if matches!(name.as_str(), "connection" | "transfer-encoding") {
             continue;
         }
+        let value = value.to_str().unwrap_or_default();
         if name.as_str() == "location" {
             // The registry names itself in absolute Locations; keep the client on the proxy.
-            let rewritten = value
-                .to_str()
-                .unwrap_or_default()
-                .replace(&state.upstream, &state.own_origin);
-            response = response.header(name, rewritten);
+            headers.push((
+                "location".into(),
+                value.replace(&state.upstream, &state.own_origin),
+            ));
         } else {
-            response = response.header(name, value);
+            headers.push((name.as_str().to_owned(), value.to_owned()));
         }
+    }
+    if state.ecr_style {
+        ecr_answer(state, kind, &mut status, &mut headers);
+    }
+    if let Some(replacement) = modify.status {
+        status = replacement;
+    }
+    headers.retain(|(name, _)| !modify.remove_headers.contains(name));
+    for (name, value) in &modify.set_headers {
+        headers.retain(|(existing, _)| existing != name);
+        headers.push((name.clone(), value.clone()));
+    }
+    if modify.relative_location {
+        for (name, value) in &mut headers {
+            if name == "location"
+                && let Some(path) = value.strip_prefix(&state.own_origin)
+            {
+                *value = path.to_owned();
+            }
+        }
+    }
+    let mut response = Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(name, value);
     }
     let body = StreamBody::new(
         upstream
             .bytes_stream()
             .map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other)),
     );
-    Ok(response.body(http_body_util::BodyExt::boxed(body)).unwrap())
+    response.body(http_body_util::BodyExt::boxed(body)).unwrap()
+}
+
+/// Rewrites a registry answer the way ECR answers.
+fn ecr_answer(state: &State, kind: Kind, status: &mut u16, headers: &mut Vec<(String, String)>) {
+    let location = headers
+        .iter()
+        .find(|(name, _)| name == "location")
+        .map(|(_, value)| value.clone());
+    match kind {
+        Kind::StartUpload | Kind::PatchUpload => {
+            if let Some(location) = location {
+                let key = upload_key(&location);
+                let real = location.replace(&state.own_origin, &state.upstream);
+                let real = if real.starts_with('/') {
+                    format!("{}{real}", state.upstream)
+                } else {
+                    real
+                };
+                state.sessions.lock().unwrap().insert(key.clone(), real);
+                headers.retain(|(name, _)| name != "location");
+                if kind == Kind::StartUpload {
+                    // A relative Location without the registry's state.
+                    headers.push(("location".into(), key));
+                }
+            }
+            if kind == Kind::PatchUpload {
+                // 201 where the spec says 202, and a Range that is not kept up to date.
+                if *status == 202 {
+                    *status = 201;
+                }
+                headers.retain(|(name, _)| name != "range");
+                headers.push(("range".into(), "0-0".into()));
+            }
+        }
+        Kind::GetManifest => headers.retain(|(name, _)| name != "docker-content-digest"),
+        Kind::PutManifest => headers.retain(|(name, _)| name != "location"),
+        _ => {}
+    }
 }
