@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use std::collections::HashSet;
+
+use futures::StreamExt as _;
 use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, LoginArgs, PushArgs};
@@ -16,10 +18,12 @@ use url::Url;
 
 use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
 use crate::push::{
-    PushError, PushOptions, PushedNode, Pusher, predict_digest, uncompressed_diff_ids,
+    self, PushError, PushOptions, PushedNode, Pusher, predict_digest, uncompressed_diff_ids,
 };
 use crate::registry::{Client, RegistryError, StaticCredentials};
-use crate::report::{self, EcrReport, Event, PlatformReport, PushReport, Reporter};
+use crate::report::{
+    self, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter,
+};
 use crate::reuse::{self, KnownLayers, LayerCache};
 use crate::settings::{EcrTarget, LoginSettings, PushSettings, Target, UsageError};
 use crate::source::{self, SourceError, SourceImage};
@@ -52,6 +56,12 @@ pub enum Failure {
     /// The machine itself failed us (writing a file, starting the runtime).
     #[error("{0}")]
     Io(String),
+    /// Some destinations failed; the report lists all of them.
+    #[error("the push failed at {} of {} destinations: {}", failed.len(), report.destinations.len(), failed.join("; "))]
+    Partial {
+        report: Box<PushReport>,
+        failed: Vec<String>,
+    },
 }
 
 impl From<PushError> for Failure {
@@ -72,7 +82,8 @@ impl Failure {
             | Self::Verify(_)
             | Self::Aws(_)
             | Self::DockerConfig(_)
-            | Self::Io(_) => exit::FAILED,
+            | Self::Io(_)
+            | Self::Partial { .. } => exit::FAILED,
         }
     }
 }
@@ -139,7 +150,19 @@ fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
     if settings.github_actions {
         github::end_group();
     }
-    let report = result?;
+    // A partial failure still has a report (the destinations that worked): write it, then fail.
+    let (report, partial) = match result {
+        Ok(report) => (report, None),
+        Err(Failure::Partial { report, failed }) => {
+            let report = *report;
+            let failure = Failure::Partial {
+                report: Box::new(report.clone()),
+                failed,
+            };
+            (report, Some(failure))
+        }
+        Err(failure) => return Err(failure),
+    };
     report
         .print(settings.json)
         .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))?;
@@ -159,7 +182,7 @@ fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
             &github::push_summary(&report),
         )?;
     }
-    Ok(())
+    partial.map_or(Ok(()), Err)
 }
 
 fn write_actions_files(
@@ -262,13 +285,15 @@ fn login_target(target: &EcrTarget, session: &aws::Session) -> LoginTarget {
     }
 }
 
-/// The push command, from validated settings to the report.
+/// The push command, from validated settings to the report. With several destinations the
+/// source is read (and its layers compressed) once and pushed to each in parallel; the report
+/// lists every destination, and a failure at some does not stop the others.
 pub async fn push(
     settings: &PushSettings,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport, Failure> {
     let started = Instant::now();
-    let image = read_source(settings).await?;
+    let mut image = read_source(settings).await?;
     reporter.event(&Event::SourceRead {
         description: &format!(
             "{} ({}){}",
@@ -281,9 +306,100 @@ pub async fn push(
                 .unwrap_or_default()
         ),
     });
+    if settings.targets.len() == 1 {
+        let mut report = push_to(
+            settings,
+            &settings.targets[0],
+            &image,
+            Arc::clone(&reporter),
+        )
+        .await?;
+        report.duration_seconds = seconds_since(started);
+        return Ok(report);
+    }
 
+    if !uncompressed_diff_ids(&image.root).is_empty() {
+        let (compression, temp_dir) = (settings.compression, settings.temp_dir.clone());
+        image = tokio::task::spawn_blocking(move || {
+            push::compress_layers(image, compression, &temp_dir)
+        })
+        .await
+        .map_err(|e| Failure::Io(format!("compressing the layers failed: {e}")))??;
+    }
+    let image = &image;
+    let results: Vec<(String, Result<PushReport, Failure>)> =
+        futures::stream::iter(&settings.targets)
+            .map(|target| {
+                let label = target.label();
+                let reporter: Arc<dyn Reporter> =
+                    Arc::new(report::Prefixed::new(Arc::clone(&reporter), &label));
+                async move { (label, push_to(settings, target, image, reporter).await) }
+            })
+            .buffered(MAX_PARALLEL_DESTINATIONS)
+            .collect()
+            .await;
+    combine(results, seconds_since(started))
+}
+
+/// Destinations pushed to at the same time.
+const MAX_PARALLEL_DESTINATIONS: usize = 3;
+
+fn seconds_since(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// One report for several destinations: the first that succeeded at the top (as for a single
+/// destination), every destination in `destinations`.
+fn combine(
+    results: Vec<(String, Result<PushReport, Failure>)>,
+    duration: f64,
+) -> Result<PushReport, Failure> {
+    let destinations: Vec<DestinationReport> = results
+        .iter()
+        .map(|(label, result)| match result {
+            Ok(report) => DestinationReport::from_report(label, report),
+            Err(failure) => DestinationReport::failed(label, failure),
+        })
+        .collect();
+    let mut failed = Vec::new();
+    let mut first = None;
+    let mut first_failure = None;
+    for (label, result) in results {
+        match result {
+            Ok(report) => {
+                first.get_or_insert(report);
+            }
+            Err(failure) => {
+                failed.push(format!("{label}: {failure}"));
+                first_failure.get_or_insert(failure);
+            }
+        }
+    }
+    let Some(mut report) = first else {
+        return Err(first_failure.expect("every destination failed, so one did"));
+    };
+    report.duration_seconds = duration;
+    report.destinations = destinations;
+    if failed.is_empty() {
+        Ok(report)
+    } else {
+        Err(Failure::Partial {
+            report: Box::new(report),
+            failed,
+        })
+    }
+}
+
+/// The push to one destination: connect, find reusable layers, check immutable tags, push,
+/// verify.
+async fn push_to(
+    settings: &PushSettings,
+    target: &Target,
+    image: &SourceImage,
+    reporter: Arc<dyn Reporter>,
+) -> Result<PushReport, Failure> {
     let wanted = uncompressed_diff_ids(&image.root);
-    let destination = connect(settings, !wanted.is_empty(), reporter.as_ref()).await?;
+    let destination = connect(settings, target, !wanted.is_empty(), reporter.as_ref()).await?;
     let client = &destination.client;
 
     let mut cache = settings.cache_dir.as_deref().map(LayerCache::open);
@@ -318,7 +434,7 @@ pub async fn push(
         reporter: Arc::clone(&reporter),
         options: &options,
     };
-    let outcome = pusher.push(&image).await?;
+    let outcome = pusher.push(image).await?;
     if let Some(cache) = &mut cache {
         for (diff_id, blob) in &outcome.compressed_layers {
             cache.record(diff_id, blob, settings.compression);
@@ -360,8 +476,9 @@ pub async fn push(
         verified: settings.verify != crate::verify::VerifyMode::Off,
         verify_mode: settings.verify.name().to_owned(),
         source_format: image.format.to_string(),
-        duration_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        duration_seconds: 0.0,
         ecr: destination.ecr,
+        destinations: Vec::new(),
     })
 }
 
@@ -443,10 +560,11 @@ async fn find_known_layers(
 
 async fn connect(
     settings: &PushSettings,
+    target: &Target,
     wants_reuse: bool,
     reporter: &dyn Reporter,
 ) -> Result<Destination, Failure> {
-    match &settings.target {
+    match target {
         Target::Registry { url, credentials } => Ok(Destination {
             client: Client::new(
                 url.clone(),

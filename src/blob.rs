@@ -201,7 +201,7 @@ impl Compression {
     }
 
     /// Compresses `input` into `output`, deterministically (see `compress`).
-    fn compress(self, input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
+    pub(crate) fn compress(self, input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
         let codec = match self {
             Self::Gzip { level } => crate::compress::Codec::Gzip(i32::try_from(level).unwrap_or(1)),
             Self::Zstd { level } => crate::compress::Codec::Zstd(level),

@@ -78,9 +78,11 @@ pub struct PushArgs {
     #[arg(long = "tag", env = "ECR_PUSH_TAGS", value_delimiter = ',')]
     pub tags: Vec<String>,
 
-    /// Registry URL, e.g. `http://127.0.0.1:5000` or `https://ghcr.io`.
-    #[arg(long, env = "ECR_PUSH_REGISTRY")]
-    pub registry: Option<String>,
+    /// Registry URL, e.g. `http://127.0.0.1:5000` or `https://ghcr.io` (repeatable: the image
+    /// is read once and pushed to each). With AWS options, the URL to talk to instead of ECR's
+    /// own (VPC endpoints): one, or one per destination.
+    #[arg(long = "registry", env = "ECR_PUSH_REGISTRY", value_delimiter = ',')]
+    pub registries: Vec<String>,
 
     /// User name for the registry; the password is read from `ECR_PUSH_PASSWORD`.
     #[arg(long, env = "ECR_PUSH_USERNAME")]
@@ -160,13 +162,19 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Amazon ECR")]
 pub struct AwsArgs {
-    /// AWS region (default: `AWS_REGION`, `AWS_DEFAULT_REGION`, the AWS profile).
-    #[arg(long, env = "ECR_PUSH_REGION")]
-    pub region: Option<String>,
+    /// AWS region (default: `AWS_REGION`, `AWS_DEFAULT_REGION`, the AWS profile). Several
+    /// (`eu-west-1,us-east-1`): the image is read and compressed once and pushed to each.
+    #[arg(long = "region", env = "ECR_PUSH_REGION", value_delimiter = ',')]
+    pub regions: Vec<String>,
 
-    /// Account ID of the registry (default: the caller's account).
-    #[arg(long, env = "ECR_PUSH_REGISTRY_ID")]
-    pub registry_id: Option<String>,
+    /// Account ID of the registry (default: the caller's account). Several: one destination
+    /// per account (and region).
+    #[arg(
+        long = "registry-id",
+        env = "ECR_PUSH_REGISTRY_ID",
+        value_delimiter = ','
+    )]
+    pub registry_ids: Vec<String>,
 
     /// Role to assume, with the web identity token if there is one (GitHub OIDC, token file,
     /// token env var), else with the default credential chain.
@@ -242,8 +250,8 @@ pub struct RepositoryArgs {
 impl AwsArgs {
     /// Whether any option that only makes sense for ECR was given.
     pub fn any_given(&self) -> bool {
-        self.region.is_some()
-            || self.registry_id.is_some()
+        !self.regions.is_empty()
+            || !self.registry_ids.is_empty()
             || self.role_arn.is_some()
             || self.web_identity_token_file.is_some()
             || self.web_identity_token_env.is_some()

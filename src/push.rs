@@ -340,6 +340,122 @@ impl Pusher<'_> {
     }
 }
 
+/// Compresses every layer that needs it, once, into anonymous temporary files, so the image can
+/// go to several registries without being compressed for each. The layers become stored blobs
+/// with known digests; their `diff_id`s are checked on the way, as a streaming push would.
+pub fn compress_layers(
+    image: SourceImage,
+    compression: Compression,
+    temp_dir: &std::path::Path,
+) -> Result<SourceImage, SourceError> {
+    let mut done: HashMap<Digest, Blob> = HashMap::new();
+    let root = compress_node(image.root, compression, temp_dir, &mut done)?;
+    Ok(SourceImage { root, ..image })
+}
+
+fn compress_node(
+    node: ImageNode,
+    compression: Compression,
+    temp_dir: &std::path::Path,
+    done: &mut HashMap<Digest, Blob>,
+) -> Result<ImageNode, SourceError> {
+    Ok(match node {
+        ImageNode::Index(index) => ImageNode::Index(ImageIndex {
+            children: index
+                .children
+                .into_iter()
+                .map(|child| compress_node(child, compression, temp_dir, done))
+                .collect::<Result<_, _>>()?,
+            document: index.document,
+        }),
+        ImageNode::Manifest(mut manifest) => {
+            for layer in &mut manifest.layers {
+                if let Layer::Uncompressed { source, diff_id } = layer {
+                    if !done.contains_key(diff_id) {
+                        let blob = compress_to_temp(source, diff_id, compression, temp_dir)?;
+                        done.insert(diff_id.clone(), blob);
+                    }
+                    *layer = Layer::Stored(done[diff_id].clone());
+                }
+            }
+            ImageNode::Manifest(manifest)
+        }
+    })
+}
+
+fn compress_to_temp(
+    source: &BlobSource,
+    diff_id: &Digest,
+    compression: Compression,
+    temp_dir: &std::path::Path,
+) -> Result<Blob, SourceError> {
+    let failed = |e: std::io::Error| SourceError::Invalid(format!("cannot compress a layer: {e}"));
+    let file = tempfile::tempfile_in(temp_dir).map_err(failed)?;
+    let mut input = blob::HashingReader::new(source.open());
+    let mut output = HashingWriter::new(std::io::BufWriter::new(&file));
+    compression
+        .compress(&mut input, &mut output)
+        .map_err(failed)?;
+    let written = output.finish().map_err(failed)?;
+    let read = input.finish();
+    if &read.digest != diff_id {
+        return Err(SourceError::DigestMismatch {
+            what: "a layer (its uncompressed digest, the config's rootfs.diff_ids entry)".into(),
+            expected: diff_id.to_string(),
+            found: read.digest.to_string(),
+        });
+    }
+    Ok(Blob {
+        digest: written.digest,
+        size: written.size,
+        media_type: compression.layer_media_type().to_owned(),
+        source: BlobSource::FileRange {
+            file: Arc::new(file),
+            offset: 0,
+            len: written.size,
+        },
+    })
+}
+
+/// Hashes and counts what is written through it.
+struct HashingWriter<W: std::io::Write> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: sha2::Digest::new(),
+            size: 0,
+        }
+    }
+
+    fn finish(mut self) -> std::io::Result<blob::Measured> {
+        self.inner.flush()?;
+        let hex = hex::encode(sha2::Digest::finalize(self.hasher));
+        Ok(blob::Measured {
+            digest: format!("sha256:{hex}").parse().expect("a sha256 digest"),
+            size: self.size,
+        })
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The `diff_id`s of the layers that are compressed here (and so may be found in the registry or
 /// the local cache by their `diff_id`).
 pub fn uncompressed_diff_ids(node: &ImageNode) -> HashSet<Digest> {

@@ -250,6 +250,108 @@ pub struct PushReport {
     pub duration_seconds: f64,
     #[serde(flatten)]
     pub ecr: Option<EcrReport>,
+    /// Every destination, when there are several (the fields above are the first one's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationReport>,
+}
+
+/// One destination of a push to several.
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationReport {
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub verified: bool,
+    #[serde(flatten)]
+    pub ecr: Option<EcrReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl DestinationReport {
+    pub fn from_report(destination: &str, report: &PushReport) -> Self {
+        Self {
+            destination: destination.to_owned(),
+            registry: Some(report.registry.clone()),
+            image_ref: Some(report.image_ref.clone()),
+            digest: Some(report.digest.clone()),
+            verified: report.verified,
+            ecr: report.ecr.clone(),
+            error: None,
+        }
+    }
+
+    pub fn failed(destination: &str, error: &dyn std::error::Error) -> Self {
+        Self {
+            destination: destination.to_owned(),
+            registry: None,
+            image_ref: None,
+            digest: None,
+            verified: false,
+            ecr: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// Prefixes every event of one destination with its name, when several are pushed at once.
+pub struct Prefixed {
+    inner: std::sync::Arc<dyn Reporter>,
+    prefix: String,
+}
+
+impl Prefixed {
+    pub fn new(inner: std::sync::Arc<dyn Reporter>, label: &str) -> Self {
+        Self {
+            inner,
+            prefix: format!("[{label}] "),
+        }
+    }
+}
+
+impl Reporter for Prefixed {
+    fn event(&self, event: &Event<'_>) {
+        let p = |text: &str| format!("{}{text}", self.prefix);
+        match event {
+            Event::SourceRead { description } => self.inner.event(&Event::SourceRead {
+                description: &p(description),
+            }),
+            Event::BlobStarted { id, what, size } => self.inner.event(&Event::BlobStarted {
+                id: &p(id),
+                what: &p(what),
+                size: *size,
+            }),
+            Event::BlobProgress { id, bytes } => self.inner.event(&Event::BlobProgress {
+                id: &p(id),
+                bytes: *bytes,
+            }),
+            Event::BlobDone {
+                id,
+                digest,
+                uploaded,
+            } => self.inner.event(&Event::BlobDone {
+                id: &p(id),
+                digest: &p(digest),
+                uploaded: *uploaded,
+            }),
+            Event::ManifestPut { reference, digest } => self.inner.event(&Event::ManifestPut {
+                reference: &p(reference),
+                digest,
+            }),
+            Event::Verified { what } => self.inner.event(&Event::Verified { what: &p(what) }),
+            Event::Note { message } => self.inner.event(&Event::Note {
+                message: &p(message),
+            }),
+            Event::Warning { message } => self.inner.event(&Event::Warning {
+                message: &p(message),
+            }),
+            Event::Step { name } => self.inner.event(&Event::Step { name: &p(name) }),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -275,8 +377,16 @@ impl PushReport {
         if json {
             serde_json::to_writer_pretty(&mut stdout, self)?;
             writeln!(stdout)?;
-        } else {
+        } else if self.destinations.is_empty() {
             writeln!(stdout, "{}", self.image_ref)?;
+        } else {
+            for reference in self
+                .destinations
+                .iter()
+                .filter_map(|d| d.image_ref.as_ref())
+            {
+                writeln!(stdout, "{reference}")?;
+            }
         }
         stdout.flush()
     }

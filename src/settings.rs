@@ -54,7 +54,8 @@ pub struct PushSettings {
     pub source: PathBuf,
     pub repository: String,
     pub tags: Vec<String>,
-    pub target: Target,
+    /// Where to push: one or more destinations.
+    pub targets: Vec<Target>,
     pub selection: Selection,
     pub compression: Compression,
     pub jobs: usize,
@@ -87,7 +88,7 @@ impl PushSettings {
                 .transpose()
                 .map_err(|e| usage(format!("--platform: {e}")))?,
         };
-        let target = target(args, env)?;
+        let targets = targets(args, env)?;
         if args.jobs == 0 || args.jobs > 64 {
             return Err(usage(format!(
                 "--jobs must be between 1 and 64, not {}",
@@ -106,7 +107,7 @@ impl PushSettings {
             source: args.source.clone(),
             repository,
             tags,
-            target,
+            targets,
             selection,
             compression: compression(args.compression, args.compression_level)?,
             jobs: args.jobs,
@@ -154,51 +155,134 @@ fn cache_from(given: &[String]) -> Result<Vec<String>, UsageError> {
         .collect()
 }
 
-/// Plain registry, or ECR (the default without `--registry`; also when the registry URL is an
-/// ECR one or AWS options are given).
-fn target(args: &PushArgs, env: &Env) -> Result<Target, UsageError> {
-    let registry = args
-        .registry
-        .as_deref()
+/// Plain registries, or ECR destinations (the default without `--registry`; also when a registry
+/// URL is an ECR one or AWS options are given): one per region × registry ID, or per ECR URL.
+fn targets(args: &PushArgs, env: &Env) -> Result<Vec<Target>, UsageError> {
+    let registries = args
+        .registries
+        .iter()
+        .map(|r| r.trim())
         .filter(|s| !s.is_empty())
         .map(parse_registry_url)
-        .transpose()?;
-    let host = registry.as_ref().and_then(|url| url.host_str());
-    let ecr_mode = registry.is_none()
-        || host.is_some_and(|h| parse_ecr_host(h).is_some() || h == crate::aws::public::HOST)
-        || args.aws.any_given();
-    if !ecr_mode {
-        return Ok(Target::Registry {
-            url: registry.expect("plain registry mode has a registry"),
-            credentials: registry_credentials(args.username.as_deref(), env)?,
-        });
+        .collect::<Result<Vec<_>, _>>()?;
+    let is_ecr_url = |url: &Url| {
+        url.host_str()
+            .is_some_and(|h| parse_ecr_host(h).is_some() || h == crate::aws::public::HOST)
+    };
+    let ecr_urls = registries.iter().filter(|url| is_ecr_url(url)).count();
+    if registries.is_empty() || ecr_urls > 0 || args.aws.any_given() {
+        if args.username.is_some() {
+            return Err(usage(
+                "--username is for plain registries; in ECR mode the credentials come from AWS",
+            ));
+        }
+        let repository = repository_settings(&args.repository_settings)?;
+        let base = aws_settings(&args.aws, env)?;
+        return ecr_destinations(registries, ecr_urls, &args.aws, &base, &repository).map(
+            |targets| {
+                targets
+                    .into_iter()
+                    .map(|t| Target::Ecr(Box::new(t)))
+                    .collect()
+            },
+        );
     }
-    if args.username.is_some() {
-        return Err(usage(
-            "--username is for plain registries; in ECR mode the credentials come from AWS",
-        ));
-    }
-    Ok(Target::Ecr(Box::new(ecr_target(
-        registry,
-        &args.aws,
-        repository_settings(&args.repository_settings)?,
-        env,
-    )?)))
+    let credentials = registry_credentials(args.username.as_deref(), env)?;
+    Ok(registries
+        .into_iter()
+        .map(|url| Target::Registry {
+            url,
+            credentials: credentials.clone(),
+        })
+        .collect())
 }
 
-/// ECR settings from a registry URL (if any) and the AWS options: an ECR host gives account and
+fn ecr_destinations(
+    registries: Vec<Url>,
+    ecr_urls: usize,
+    args: &AwsArgs,
+    base: &AwsSettings,
+    repository: &RepositorySettings,
+) -> Result<Vec<EcrTarget>, UsageError> {
+    let regions: Vec<Option<String>> = non_empty_or_default(&args.regions);
+    let ids: Vec<Option<String>> = non_empty_or_default(&args.registry_ids);
+    for id in ids.iter().flatten() {
+        if !(id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(usage(format!(
+                "--registry-id must be a 12-digit AWS account ID, not {id:?}"
+            )));
+        }
+    }
+    let with = |region: Option<String>, id: Option<String>| AwsSettings {
+        region,
+        registry_id: id,
+        ..base.clone()
+    };
+    if ecr_urls > 0 {
+        // ECR registry URLs name their destinations themselves.
+        if ecr_urls != registries.len() || regions.len() > 1 || ids.len() > 1 {
+            return Err(usage(
+                "give destinations either as ECR registry URLs or as --region/--registry-id, not both",
+            ));
+        }
+        return registries
+            .into_iter()
+            .map(|url| {
+                ecr_target(
+                    Some(url),
+                    with(regions[0].clone(), ids[0].clone()),
+                    repository.clone(),
+                )
+            })
+            .collect();
+    }
+    let combinations: Vec<(Option<String>, Option<String>)> = regions
+        .iter()
+        .flat_map(|region| ids.iter().map(move |id| (region.clone(), id.clone())))
+        .collect();
+    let overrides: Vec<Option<Url>> = match registries.len() {
+        0 => vec![None; combinations.len()],
+        n if n == combinations.len() => registries.into_iter().map(Some).collect(),
+        n => {
+            return Err(usage(format!(
+                "{n} --registry URLs for {} destinations; give one URL per destination, in the \
+                 order of --region × --registry-id",
+                combinations.len()
+            )));
+        }
+    };
+    combinations
+        .into_iter()
+        .zip(overrides)
+        .map(|((region, id), url)| ecr_target(url, with(region, id), repository.clone()))
+        .collect()
+}
+
+fn non_empty_or_default(values: &[String]) -> Vec<Option<String>> {
+    let mut values: Vec<Option<String>> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| Some(v.to_owned()))
+        .collect();
+    values.dedup();
+    if values.is_empty() {
+        values.push(None);
+    }
+    values
+}
+
+/// ECR settings from a registry URL (if any) and the AWS settings: an ECR host gives account and
 /// region; `public.ecr.aws` means ECR Public; any other URL is talked to instead of the ECR
 /// endpoint (VPC endpoints, tests).
 fn ecr_target(
     registry: Option<Url>,
-    args: &AwsArgs,
+    mut aws: AwsSettings,
     repository: RepositorySettings,
-    env: &Env,
 ) -> Result<EcrTarget, UsageError> {
     let host = registry.as_ref().and_then(|url| url.host_str());
     let ecr_host = host.and_then(parse_ecr_host);
     let public = host == Some(crate::aws::public::HOST);
-    let mut aws = aws_settings(args, env)?;
     if let Some((account, region)) = &ecr_host {
         aws.region.get_or_insert_with(|| region.clone());
         aws.registry_id.get_or_insert_with(|| account.clone());
@@ -254,8 +338,14 @@ impl LoginSettings {
                 })?
                 .join("config.json"),
         };
+        if args.aws.regions.len() > 1 || args.aws.registry_ids.len() > 1 {
+            return Err(usage("login takes one --region and one --registry-id"));
+        }
+        let mut aws = aws_settings(&args.aws, env)?;
+        aws.region = non_empty_or_default(&args.aws.regions).remove(0);
+        aws.registry_id = non_empty_or_default(&args.aws.registry_ids).remove(0);
         Ok(Self {
-            target: ecr_target(registry, &args.aws, RepositorySettings::default(), env)?,
+            target: ecr_target(registry, aws, RepositorySettings::default())?,
             docker_config,
             password_stdout: args.password_stdout,
             actions: actions_files(env),
@@ -318,16 +408,10 @@ fn aws_settings(args: &AwsArgs, env: &Env) -> Result<AwsSettings, UsageError> {
     } else {
         None
     };
-    if let Some(id) = &args.registry_id
-        && !(id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(usage(format!(
-            "--registry-id must be a 12-digit AWS account ID, not {id:?}"
-        )));
-    }
+    // Region and registry ID are set per destination.
     Ok(AwsSettings {
-        region: args.region.clone().filter(|s| !s.is_empty()),
-        registry_id: args.registry_id.clone(),
+        region: None,
+        registry_id: None,
         role,
         token,
         on_github: env.is_github_actions(),
@@ -770,6 +854,24 @@ impl Target {
         match self {
             Self::Registry { credentials, .. } => credentials.as_ref().map(|c| &c.password),
             Self::Ecr(_) => None,
+        }
+    }
+
+    /// A short name for messages: the registry URL, or the ECR account and region.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Registry { url, .. } => url.as_str().trim_end_matches('/').to_owned(),
+            Self::Ecr(target) if target.public => crate::aws::public::HOST.to_owned(),
+            Self::Ecr(target) => format!(
+                "{}{}",
+                target.aws.registry_id.as_deref().unwrap_or("ECR"),
+                target
+                    .aws
+                    .region
+                    .as_deref()
+                    .map(|r| format!(" in {r}"))
+                    .unwrap_or_default()
+            ),
         }
     }
 }

@@ -708,3 +708,52 @@ fn login_writes_a_docker_config_that_other_tools_can_use() {
     run.success();
     assert_eq!(run.stdout, format!("{ACCOUNT}-auth-token\n"));
 }
+
+#[test]
+fn several_regions_each_get_the_repository_and_the_image() {
+    let ecr = Ecr::start();
+    let second_registry = Registry::start_with_basic_auth("AWS", &format!("{ACCOUNT}-auth-token"));
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
+    let facts = images::docker_save_legacy(&tar, &[ImageSpec::new("regions")]).remove(0);
+    let args = strings(&[
+        "push",
+        tar.to_str().unwrap(),
+        "--repository",
+        "team/regions",
+        "--role-arn",
+        &Ecr::role(),
+        "--region",
+        "eu-west-1,us-east-1",
+        "--registry",
+        &ecr.registry.url(),
+        "--registry",
+        &second_registry.url(),
+        "--ecr-endpoint",
+        &ecr.moto.url(),
+        "--sts-endpoint",
+        &ecr.moto.url(),
+        "--json",
+    ]);
+    let run = ecr.run(&args, &[], &ecr.github_env());
+    run.success();
+    let report = run.json();
+    let destinations = report["destinations"].as_array().unwrap();
+    assert_eq!(destinations.len(), 2);
+    for (destination, region) in destinations.iter().zip(["eu-west-1", "us-east-1"]) {
+        assert_eq!(destination["region"], region);
+        assert_eq!(destination["repository_created"], true);
+        assert_eq!(
+            destination["repository_uri"],
+            format!("{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/team/regions").as_str()
+        );
+        assert_eq!(destination["digest"], report["digest"]);
+    }
+    for registry in [&ecr.registry, &second_registry] {
+        let reference = format!("{}/team/regions:{SHA}", registry.host());
+        assert_eq!(
+            skopeo::remote_config_digest(&reference, registry.skopeo_creds()),
+            facts.config_digest
+        );
+    }
+}

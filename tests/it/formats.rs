@@ -879,3 +879,107 @@ fn local_layer_cache_skips_compression_when_the_registry_cannot_list() {
     assert_eq!(second["blobs_uploaded"], 0, "{second}");
     assert_eq!(second["digest"], first["digest"]);
 }
+
+#[test]
+fn one_read_pushed_to_several_registries() {
+    let (first, second) = (Registry::start(), Registry::start());
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("legacy.tar");
+    let facts = images::docker_save_legacy(&tar, &[ImageSpec::new("fanout")]).remove(0);
+    let run = ecr_push(
+        [
+            "push",
+            tar.to_str().unwrap(),
+            "--registry",
+            &first.url(),
+            "--registry",
+            &second.url(),
+            "--repository",
+            "team/fanout",
+            "--tag",
+            "v1",
+            "--json",
+        ],
+        &[],
+    );
+    run.success();
+    let report = run.json();
+    let destinations = report["destinations"].as_array().unwrap();
+    assert_eq!(destinations.len(), 2);
+    let digest = report["digest"].as_str().unwrap();
+    for (registry, destination) in [(&first, &destinations[0]), (&second, &destinations[1])] {
+        assert_eq!(
+            destination["digest"], digest,
+            "compressed once: the same bytes everywhere"
+        );
+        assert_eq!(destination["verified"], true);
+        let reference = format!("{}/team/fanout:v1", registry.host());
+        assert_eq!(skopeo::remote_digest(&reference, None), digest);
+        assert_eq!(
+            skopeo::remote_config_digest(&reference, None),
+            facts.config_digest
+        );
+    }
+
+    // Text mode prints every reference.
+    let text = ecr_push(
+        [
+            "push",
+            tar.to_str().unwrap(),
+            "--registry",
+            &format!("{},{}", first.url(), second.url()),
+            "--repository",
+            "team/fanout",
+            "--tag",
+            "v2",
+        ],
+        &[],
+    );
+    text.success();
+    assert_eq!(text.stdout.lines().count(), 2, "{}", text.stdout);
+}
+
+#[test]
+fn a_failing_destination_does_not_stop_the_others() {
+    use crate::harness::proxy::{Action, Proxy};
+    let working = Registry::start();
+    let broken_backend = Registry::start();
+    let broken = Proxy::start(&broken_backend.url(), |_| Action::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("partial"));
+    let run = ecr_push(
+        [
+            "push",
+            dir.path().to_str().unwrap(),
+            "--registry",
+            &broken.url(),
+            "--registry",
+            &working.url(),
+            "--repository",
+            "team/partial",
+            "--tag",
+            "v1",
+            "--json",
+            "--timeout",
+            "3",
+        ],
+        &[],
+    );
+    run.failure(1);
+    assert!(
+        run.stderr.contains(&broken.url()) && run.stderr.contains("1 of 2 destinations"),
+        "{}",
+        run.stderr
+    );
+    let report = run.json();
+    let destinations = report["destinations"].as_array().unwrap();
+    assert!(
+        destinations[0]["error"].as_str().unwrap().contains("503"),
+        "{report}"
+    );
+    assert_eq!(destinations[1]["digest"], facts.digest.as_str());
+    assert_eq!(
+        working.manifest_digest("team/partial", "v1").as_deref(),
+        Some(facts.digest.as_str())
+    );
+}
