@@ -7,3 +7,4 @@ mod bad_input;
 mod ecr;
 mod faults;
 mod formats;
+mod harness_selftest;

@@ -1,11 +1,17 @@
-//! Image generators: realistic test images (text-like files that compress like real ones,
-//! several layers, a proper config with `diff_ids`) written in every input format ecr-push
-//! reads. Deterministic for a given seed: tar headers carry fixed times and owners, gzip
-//! carries no timestamp, JSON is written once as bytes and hashed as written.
+//! Image generators: realistic test images written, in the test process, in every input format
+//! ecr-push reads — OCI layout, oci-archive, legacy `docker save`, Docker 25 and Docker 29
+//! (containerd store) `docker save`, each optionally wrapped in gzip or zstd.
 //!
-//! Each writer returns [`Facts`]: what a correct push must preserve.
+//! "Realistic" matters because the pusher compresses, deduplicates and verifies: layers hold
+//! source-like text and executable-like bytes that compress the way real files do (random bytes
+//! would not), layers differ in size, and the config carries true `rootfs.diff_ids`.
+//!
+//! Deterministic for a given [`TestImage`]: tar headers carry mtime 0 and uid/gid 0, entries
+//! are sorted, gzip carries no timestamp, and every JSON document is serialised exactly once;
+//! its digest is computed over those bytes, which are the bytes written. Each writer returns
+//! [`Facts`]: what a correct push must preserve.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::Path;
 
@@ -15,16 +21,319 @@ use super::sha256;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The annotation OCI tools (skopeo `oci:<dir>:<tag>`, umoci) look images up by.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation Docker ≥ 25 adds with the full image name.
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+// ---------------------------------------------------------------------------------------------
+// What a test asserts
+// ---------------------------------------------------------------------------------------------
+
+/// What a correct push of a written image must preserve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub name: String,
+    pub tag: String,
+    /// Digest of the manifest or index as written in the source, which an OCI input must keep
+    /// when pushed. Empty for legacy `docker save`: it has no manifest, the pusher makes one.
+    pub digest: String,
+    /// Media type of `digest` (empty for legacy `docker save`).
+    pub media_type: String,
+    /// Config digest of a single image; every input must keep it. Empty when `digest` is an
+    /// index (see `platforms`).
+    pub config_digest: String,
+    /// `rootfs.diff_ids`: sha256 of each uncompressed layer tar, in order (a repeated layer
+    /// appears twice). Empty for an index.
+    pub diff_ids: Vec<String>,
+    /// Size of each uncompressed layer tar, in the order of `diff_ids`.
+    pub layer_sizes: Vec<u64>,
+    /// Digest of each layer blob as written (gzip for OCI, uncompressed for Docker 25). Empty
+    /// for legacy `docker save`, whose layers the pusher compresses itself.
+    pub layer_digests: Vec<String>,
+    /// For an index, per platform: (`os/arch[/variant]`, manifest digest, config digest).
+    pub platforms: Vec<(String, String, String)>,
+}
+
+impl Facts {
+    /// `name:tag`, as `RepoTags` and `docker-archive:<tar>:<name>:<tag>` spell it.
+    pub fn repo_tag(&self) -> String {
+        format!("{}:{}", self.name, self.tag)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image
+// ---------------------------------------------------------------------------------------------
+
+/// What an image looks like; a builder, then one `write_*` call per format.
+///
+/// Layer 0 depends only on the seed and its size: images built with the same seed share a base
+/// layer, as real images do, which exercises blob dedup and docker's layer symlinks.
+#[derive(Clone, Debug)]
+pub struct TestImage {
+    name: String,
+    tag: String,
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+    layer_sizes: Vec<usize>,
+    seed: u64,
+    manifest_media_type: bool,
+    repeat_base_layer: bool,
+}
+
+/// Per-layer size pattern relative to `layer_bytes`, in thirds: layers of different sizes.
+const SIZE_PATTERN: [usize; 3] = [3, 2, 4];
+const DEFAULT_LAYER_BYTES: usize = 200_000;
+
+fn layer_sizes(count: usize, bytes: usize) -> Vec<usize> {
+    (0..count)
+        .map(|i| bytes * SIZE_PATTERN[i % SIZE_PATTERN.len()] / 3)
+        .collect()
+}
+
+impl TestImage {
+    /// Three layers of about 200, 133 and 267 KB, linux/amd64, tag `v1`, seed 1.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            tag: "v1".to_owned(),
+            os: "linux".to_owned(),
+            architecture: "amd64".to_owned(),
+            variant: None,
+            layer_sizes: layer_sizes(3, DEFAULT_LAYER_BYTES),
+            seed: 1,
+            manifest_media_type: true,
+            repeat_base_layer: false,
+        }
+    }
+
+    #[must_use]
+    pub fn tag(mut self, tag: &str) -> Self {
+        tag.clone_into(&mut self.tag);
+        self
+    }
+
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// `count` distinct layers of varied sizes around the current mean.
+    #[must_use]
+    pub fn layers(mut self, count: usize) -> Self {
+        self.layer_sizes = layer_sizes(count, self.mean_layer_bytes());
+        self
+    }
+
+    /// Rescales the layers (same count) around `bytes` of file content each.
+    #[must_use]
+    pub fn layer_bytes(mut self, bytes: usize) -> Self {
+        self.layer_sizes = layer_sizes(self.layer_sizes.len(), bytes);
+        self
+    }
+
+    /// Exact file-content bytes per layer (the tar adds headers on top).
+    #[must_use]
+    pub fn layer_sizes(mut self, sizes: &[usize]) -> Self {
+        self.layer_sizes = sizes.to_vec();
+        self
+    }
+
+    /// `os/arch[/variant]`, e.g. `linux/arm/v7`.
+    #[must_use]
+    pub fn platform(mut self, platform: &str) -> Self {
+        let mut parts = platform.split('/');
+        let (Some(os), Some(architecture)) = (parts.next(), parts.next()) else {
+            panic!("platform {platform:?} is not os/arch[/variant]");
+        };
+        os.clone_into(&mut self.os);
+        architecture.clone_into(&mut self.architecture);
+        self.variant = parts.next().map(str::to_owned);
+        self
+    }
+
+    /// Leaves the top-level `mediaType` out of the manifest, as umoci does: the media type is
+    /// then only on the `index.json` descriptor, and the manifest must be pushed with it.
+    #[must_use]
+    pub fn without_manifest_media_type(mut self) -> Self {
+        self.manifest_media_type = false;
+        self
+    }
+
+    /// Appends a copy of the base layer on top (a Dockerfile that copies the same files twice):
+    /// the same `diff_id` twice in one image, which legacy `docker save` writes once and links.
+    #[must_use]
+    pub fn repeat_base_layer(mut self) -> Self {
+        self.repeat_base_layer = true;
+        self
+    }
+
+    pub fn platform_string(&self) -> String {
+        match &self.variant {
+            Some(variant) => format!("{}/{}/{variant}", self.os, self.architecture),
+            None => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+
+    pub fn repo_tag(&self) -> String {
+        format!("{}:{}", self.name, self.tag)
+    }
+
+    fn mean_layer_bytes(&self) -> usize {
+        match self.layer_sizes.len() {
+            0 => DEFAULT_LAYER_BYTES,
+            n => self.layer_sizes.iter().sum::<usize>() / n,
+        }
+    }
+
+    fn platform_json(&self) -> Value {
+        let mut platform = json!({"architecture": self.architecture, "os": self.os});
+        if let Some(variant) = &self.variant {
+            platform["variant"] = json!(variant);
+        }
+        platform
+    }
+
+    /// The layers and the config, serialised once.
+    fn build(&self) -> Built {
+        let mut layers: Vec<Layer> = self
+            .layer_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| self.make_layer(i, bytes))
+            .collect();
+        let mut history: Vec<Value> = (0..layers.len()).map(copy_step).collect();
+        if self.repeat_base_layer
+            && let Some(base) = layers.first().cloned()
+        {
+            layers.push(base);
+            history.push(copy_step(0));
+        }
+        // An instruction that changes no files: real configs carry these too.
+        history.push(json!({
+            "created": CREATED,
+            "created_by": "CMD [\"/srv/bin/app\"]",
+            "empty_layer": true,
+        }));
+        let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
+        let mut config = json!({
+            "architecture": self.architecture,
+            "os": self.os,
+            "created": CREATED,
+            "config": {
+                "Env": [
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    format!("APP_NAME={}", self.name),
+                ],
+                "Cmd": ["/srv/bin/app"],
+                "WorkingDir": "/srv",
+                "Labels": {"org.opencontainers.image.title": self.name},
+            },
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": history,
+        });
+        if let Some(variant) = &self.variant {
+            config["variant"] = json!(variant);
+        }
+        let config = to_json(&config);
+        Built {
+            image: self.clone(),
+            config_digest: sha256(&config),
+            config,
+            layers,
+        }
+    }
+
+    /// One layer: source files, an executable-like file and a text document under
+    /// `srv/layer<i>/`. The base layer's content depends on the seed only.
+    fn make_layer(&self, index: usize, bytes: usize) -> Layer {
+        let salt = if index == 0 {
+            String::new()
+        } else {
+            format!("{}/{}", self.name, self.platform_string())
+        };
+        let mut rng = Rng::new(self.seed.wrapping_mul(1000) + index as u64, &salt);
+        let root = format!("srv/layer{index}");
+        let mut tar = TarWriter::new();
+        // About 60% source code, 30% executable-like bytes, the rest documentation.
+        let sources = 3 + rng.below(4);
+        let (source_bytes, binary_bytes) = (bytes * 6 / 10 / sources, bytes * 3 / 10);
+        for f in 0..sources {
+            let text = source_text(&mut rng, source_bytes);
+            tar.file(&format!("{root}/src/module_{f}.rs"), &text);
+        }
+        tar.executable(
+            &format!("{root}/bin/tool"),
+            &binary_like(&mut rng, binary_bytes),
+        );
+        let readme_bytes = bytes.saturating_sub(source_bytes * sources + binary_bytes);
+        tar.file(
+            &format!("{root}/share/doc/README"),
+            &source_text(&mut rng, readme_bytes),
+        );
+        let tar = tar.finish();
+        Layer {
+            diff_id: sha256(&tar),
+            tar,
+        }
+    }
+}
+
+const CREATED: &str = "2024-01-01T00:00:00Z";
+
+/// The `history` entry of the step that made layer `index`.
+fn copy_step(index: usize) -> Value {
+    json!({"created": CREATED, "created_by": format!("COPY layer{index}/ /srv/layer{index}/")})
+}
+
+/// An image's config bytes and uncompressed layers.
+struct Built {
+    image: TestImage,
+    config: Vec<u8>,
+    config_digest: String,
+    layers: Vec<Layer>,
+}
+
+#[derive(Clone)]
+struct Layer {
+    tar: Vec<u8>,
+    diff_id: String,
+}
+
+impl Built {
+    /// Facts about the image itself; the writer adds what its format adds.
+    fn facts(&self) -> Facts {
+        Facts {
+            name: self.image.name.clone(),
+            tag: self.image.tag.clone(),
+            config_digest: self.config_digest.clone(),
+            diff_ids: self.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            layer_sizes: self.layers.iter().map(|l| l.tar.len() as u64).collect(),
+            ..Facts::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Content that compresses like real files
+// ---------------------------------------------------------------------------------------------
 
 /// A small deterministic PRNG (xorshift64*): no dependency, same bytes on every machine.
 struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    fn new(seed: u64, salt: &str) -> Self {
+        let salt = salt
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Self((seed ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
     fn next(&mut self) -> u64 {
@@ -47,12 +356,11 @@ const WORDS: &[&str] = &[
     "None", "Ok", "Err", "u64",
 ];
 
-/// Text that compresses like source code (about 4:1 with gzip).
-fn text(rng: &mut Rng, bytes: usize) -> Vec<u8> {
+/// Lines that look like source code: gzip shrinks them about 3–4:1, as it does real code.
+fn source_text(rng: &mut Rng, bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 80);
     while out.len() < bytes {
-        let indent = rng.below(4) * 4;
-        out.extend(std::iter::repeat_n(b' ', indent));
+        out.extend(std::iter::repeat_n(b' ', rng.below(4) * 4));
         for word in 0..(3 + rng.below(9)) {
             if word > 0 {
                 out.push(b' ');
@@ -68,9 +376,40 @@ fn text(rng: &mut Rng, bytes: usize) -> Vec<u8> {
     out
 }
 
-/// A tar written with fixed metadata, so the same inputs give the same bytes.
+/// A handful of common x86-64 opcode bytes: machine code reuses few byte values.
+const OPCODES: &[u8] = &[
+    0x48, 0x89, 0x8b, 0xe8, 0xc3, 0x0f, 0x1f, 0x44, 0x00, 0xff, 0x55, 0x5d,
+];
+
+/// Bytes shaped like an executable: an ELF magic, then records of a growing little-endian
+/// address and a few opcodes, with runs of zero padding. Not text, far from random.
+fn binary_like(rng: &mut Rng, bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 64);
+    out.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    let mut address: u32 = 0x0040_1000;
+    while out.len() < bytes {
+        address = address.wrapping_add(4 * (1 + rng.below(8) as u32));
+        out.extend_from_slice(&address.to_le_bytes());
+        for _ in 0..rng.below(12) {
+            out.push(OPCODES[rng.below(OPCODES.len())]);
+        }
+        if rng.below(5) == 0 {
+            out.extend(std::iter::repeat_n(0, 8 + rng.below(24)));
+        }
+    }
+    out.truncate(bytes);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes: tar and gzip
+// ---------------------------------------------------------------------------------------------
+
+/// A tar with fixed metadata (mtime 0, uid/gid 0) and a directory entry before the first entry
+/// under each directory, so the same inputs give the same bytes.
 pub struct TarWriter {
     builder: tar::Builder<Vec<u8>>,
+    dirs: BTreeSet<String>,
 }
 
 impl Default for TarWriter {
@@ -81,9 +420,10 @@ impl Default for TarWriter {
 
 impl TarWriter {
     pub fn new() -> Self {
-        let mut builder = tar::Builder::new(Vec::new());
-        builder.mode(tar::HeaderMode::Deterministic);
-        Self { builder }
+        Self {
+            builder: tar::Builder::new(Vec::new()),
+            dirs: BTreeSet::new(),
+        }
     }
 
     fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -91,29 +431,46 @@ impl TarWriter {
         header.set_entry_type(kind);
         header.set_size(size);
         header.set_mode(mode);
-        header.set_mtime(1_700_000_000);
+        header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
         header
     }
 
-    pub fn dir(&mut self, path: &str) -> &mut Self {
-        let mut header = Self::header(tar::EntryType::Directory, 0, 0o755);
-        self.builder
-            .append_data(&mut header, path, std::io::empty())
-            .expect("tar dir");
-        self
+    /// Adds `a/`, `a/b/` … for the parents of `path` not written yet.
+    fn parents(&mut self, path: &str) {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            end += slash + 1;
+            let dir = &path[..end];
+            if self.dirs.insert(dir.to_owned()) {
+                let mut header = Self::header(tar::EntryType::Directory, 0, 0o755);
+                self.builder
+                    .append_data(&mut header, dir, std::io::empty())
+                    .expect("tar dir");
+            }
+        }
     }
 
-    pub fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
-        let mut header = Self::header(tar::EntryType::Regular, data.len() as u64, 0o644);
+    fn regular(&mut self, path: &str, data: &[u8], mode: u32) -> &mut Self {
+        self.parents(path);
+        let mut header = Self::header(tar::EntryType::Regular, data.len() as u64, mode);
         self.builder
             .append_data(&mut header, path, data)
             .expect("tar file");
         self
     }
 
+    pub fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.regular(path, data, 0o644)
+    }
+
+    pub fn executable(&mut self, path: &str, data: &[u8]) -> &mut Self {
+        self.regular(path, data, 0o755)
+    }
+
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        self.parents(path);
         let mut header = Self::header(tar::EntryType::Symlink, 0, 0o777);
         self.builder
             .append_link(&mut header, path, target)
@@ -126,6 +483,7 @@ impl TarWriter {
     }
 }
 
+/// gzip at level 6 with mtime 0 in the header, so the bytes depend on the input only.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
@@ -134,504 +492,502 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
-/// One uncompressed layer tar and its `diff_id`.
-#[derive(Clone)]
-pub struct Layer {
-    pub tar: Vec<u8>,
-    pub diff_id: String,
+/// Wraps any file in gzip (e.g. `image.tar` → `image.tar.gz`).
+pub fn gzip_file(source: &Path, destination: &Path) {
+    let data = std::fs::read(source).expect("read file to gzip");
+    std::fs::write(destination, gzip(&data)).expect("write gzip file");
 }
 
-/// What an image looks like.
-#[derive(Clone, Debug)]
-pub struct ImageSpec {
-    pub name: String,
-    pub tag: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-    pub layers: usize,
-    pub layer_bytes: usize,
-    pub seed: u64,
+/// Wraps any file in zstd at level 3 (the zstd CLI's default).
+pub fn zstd_file(source: &Path, destination: &Path) {
+    let data = std::fs::read(source).expect("read file to zstd");
+    let compressed = zstd::encode_all(&data[..], 3).expect("zstd");
+    std::fs::write(destination, compressed).expect("write zstd file");
 }
 
-impl ImageSpec {
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            tag: "v1".to_owned(),
-            architecture: "amd64".to_owned(),
-            variant: None,
-            layers: 3,
-            layer_bytes: 150_000,
-            seed: 1,
-        }
-    }
+// ---------------------------------------------------------------------------------------------
+// Archives: a file tree written as a directory or a tar
+// ---------------------------------------------------------------------------------------------
 
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    pub fn layers(mut self, layers: usize) -> Self {
-        self.layers = layers;
-        self
-    }
-
-    pub fn tag(mut self, tag: &str) -> Self {
-        tag.clone_into(&mut self.tag);
-        self
-    }
-
-    /// `os/arch[/variant]`, e.g. `linux/arm/v7`.
-    pub fn platform(mut self, platform: &str) -> Self {
-        let parts: Vec<&str> = platform.split('/').collect();
-        parts[1].clone_into(&mut self.architecture);
-        self.variant = parts.get(2).map(|v| (*v).to_owned());
-        self
-    }
-
-    pub fn platform_string(&self) -> String {
-        match &self.variant {
-            Some(variant) => format!("linux/{}/{variant}", self.architecture),
-            None => format!("linux/{}", self.architecture),
-        }
-    }
-
-    /// Layers and config. Layer 0 depends only on the seed (a shared base, as real images
-    /// have); the others also on the name and platform.
-    pub fn build(&self) -> Built {
-        let layers: Vec<Layer> = (0..self.layers)
-            .map(|i| {
-                let salt = if i == 0 {
-                    String::new()
-                } else {
-                    format!("{}{}", self.name, self.platform_string())
-                };
-                make_layer(self.seed * 100 + i as u64, &salt, i, self.layer_bytes)
-            })
-            .collect();
-        let mut config = json!({
-            "architecture": self.architecture,
-            "os": "linux",
-            "config": {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["/usr/local/bin/app"],
-                "WorkingDir": "/srv",
-                "Labels": {"org.opencontainers.image.title": self.name}
-            },
-            "created": "2024-01-01T00:00:00Z",
-            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
-            "history": (0..self.layers).map(|i| json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("COPY layer-{i} /")})).collect::<Vec<_>>()
-        });
-        if let Some(variant) = &self.variant {
-            config["variant"] = json!(variant);
-        }
-        let config = serde_json::to_vec(&config).expect("config JSON");
-        Built {
-            spec: self.clone(),
-            config_digest: sha256(&config),
-            config,
-            layers,
-        }
-    }
+enum Entry {
+    File(Vec<u8>),
+    Symlink(String),
 }
 
-fn make_layer(seed: u64, salt: &str, index: usize, bytes: usize) -> Layer {
-    let mut rng = Rng::new(
-        seed ^ salt
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
-    );
-    let mut tar = TarWriter::new();
-    let dir = format!("srv/layer{index}");
-    tar.dir("srv/").dir(&format!("{dir}/"));
-    let files = 4 + rng.below(4);
-    for f in 0..files {
-        let size = bytes / files;
-        tar.file(&format!("{dir}/module_{f}.rs"), &text(&mut rng, size));
-    }
-    let tar = tar.finish();
-    Layer {
-        diff_id: sha256(&tar),
-        tar,
-    }
-}
-
-/// An image's config and layers.
-#[derive(Clone)]
-pub struct Built {
-    pub spec: ImageSpec,
-    pub config: Vec<u8>,
-    pub config_digest: String,
-    pub layers: Vec<Layer>,
-}
-
-/// What a correct push of a written image must preserve.
-#[derive(Clone, Debug, Default)]
-pub struct Facts {
-    /// Digest of the manifest or index that is pushed (for OCI inputs the pushed digest must be
-    /// this one; empty for legacy docker save, whose manifest is generated by the pusher).
-    pub digest: String,
-    pub media_type: String,
-    /// Config digest of a single image.
-    pub config_digest: String,
-    pub diff_ids: Vec<String>,
-    /// Per platform: (`os/arch[/variant]`, manifest digest, config digest).
-    pub platforms: Vec<(String, String, String)>,
-    /// Digest of a layer blob as written (the first, compressed or not).
-    pub layer_digests: Vec<String>,
-}
-
-/// Blobs of an OCI layout, by digest.
+/// The files of an image source. Entries are written sorted by path (as `docker save`, which
+/// tars a directory, does), then the `trailer` in insertion order: docker writes
+/// `manifest.json` last, so a reader only learns what it needs after passing every layer.
 #[derive(Default)]
-pub struct Blobs(BTreeMap<String, Vec<u8>>);
+struct Archive {
+    entries: BTreeMap<String, Entry>,
+    trailer: Vec<(String, Entry)>,
+}
+
+impl Archive {
+    fn file(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
+        self.entries.insert(path.into(), Entry::File(bytes));
+    }
+
+    fn symlink(&mut self, path: impl Into<String>, target: impl Into<String>) {
+        self.entries
+            .insert(path.into(), Entry::Symlink(target.into()));
+    }
+
+    fn file_last(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
+        self.trailer.push((path.into(), Entry::File(bytes)));
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries
+            .iter()
+            .chain(self.trailer.iter().map(|(path, entry)| (path, entry)))
+    }
+
+    fn write_tar(&self, path: &Path) {
+        let mut tar = TarWriter::new();
+        for (name, entry) in self.in_order() {
+            match entry {
+                Entry::File(bytes) => tar.file(name, bytes),
+                Entry::Symlink(target) => tar.symlink(name, target),
+            };
+        }
+        std::fs::write(path, tar.finish())
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn write_dir(&self, dir: &Path) {
+        for (name, entry) in self.in_order() {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().expect("entry has a parent"))
+                .expect("create layout directory");
+            match entry {
+                Entry::File(bytes) => std::fs::write(&path, bytes),
+                Entry::Symlink(target) => std::os::unix::fs::symlink(target, &path),
+            }
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", hex_of(digest))
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").expect("a sha256 digest")
+}
+
+fn to_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("serialise JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+// OCI: blobs, descriptors, manifests, indexes
+// ---------------------------------------------------------------------------------------------
+
+/// Content-addressed blobs, by digest.
+#[derive(Default)]
+struct Blobs(BTreeMap<String, Vec<u8>>);
 
 impl Blobs {
-    fn add(&mut self, bytes: Vec<u8>) -> (String, usize) {
+    /// Stores `bytes`; returns their descriptor.
+    fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> Value {
         let digest = sha256(&bytes);
-        let size = bytes.len();
-        self.0.insert(digest.clone(), bytes);
-        (digest, size)
+        let descriptor = json!({"mediaType": media_type, "digest": digest, "size": bytes.len()});
+        self.0.insert(digest, bytes);
+        descriptor
+    }
+
+    /// Stores a JSON document, serialised here once.
+    fn add_json(&mut self, media_type: &str, document: &Value) -> Value {
+        self.add(media_type, to_json(document))
     }
 }
 
-fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
-    json!({"mediaType": media_type, "digest": digest, "size": size})
+fn digest_of(descriptor: &Value) -> String {
+    descriptor["digest"]
+        .as_str()
+        .expect("descriptor digest")
+        .to_owned()
 }
 
-/// How a manifest is written.
-#[derive(Clone, Copy)]
-pub struct ManifestStyle {
-    pub gzip_layers: bool,
-    /// umoci leaves the top-level `mediaType` out.
-    pub top_level_media_type: bool,
+#[derive(Clone, Copy, PartialEq)]
+enum LayerCompression {
+    Gzip,
+    None,
 }
 
-impl Default for ManifestStyle {
-    fn default() -> Self {
-        Self {
-            gzip_layers: true,
-            top_level_media_type: true,
-        }
-    }
+/// A manifest written into [`Blobs`].
+struct Written {
+    /// The manifest's descriptor, with its platform.
+    descriptor: Value,
+    layer_digests: Vec<String>,
 }
 
-/// Adds an image's blobs and manifest; returns the manifest descriptor (with platform).
-pub fn add_manifest(
-    blobs: &mut Blobs,
-    built: &Built,
-    style: ManifestStyle,
-) -> (Value, Vec<String>) {
-    let (config_digest, config_size) = blobs.add(built.config.clone());
-    let mut layer_digests = Vec::new();
+/// Adds an image's config, layers and OCI manifest to `blobs`.
+fn add_manifest(blobs: &mut Blobs, built: &Built, compression: LayerCompression) -> Written {
+    let config = blobs.add(OCI_CONFIG, built.config.clone());
     let layers: Vec<Value> = built
         .layers
         .iter()
-        .map(|layer| {
-            let (bytes, media_type) = if style.gzip_layers {
-                (gzip(&layer.tar), LAYER_GZIP)
-            } else {
-                (layer.tar.clone(), LAYER_TAR)
-            };
-            let (digest, size) = blobs.add(bytes);
-            layer_digests.push(digest.clone());
-            descriptor(media_type, &digest, size)
+        .map(|layer| match compression {
+            LayerCompression::Gzip => blobs.add(LAYER_GZIP, gzip(&layer.tar)),
+            LayerCompression::None => blobs.add(LAYER_TAR, layer.tar.clone()),
         })
         .collect();
-    let mut manifest = json!({
-        "schemaVersion": 2,
-        "config": descriptor(OCI_CONFIG, &config_digest, config_size),
-        "layers": layers,
-    });
-    if style.top_level_media_type {
+    let layer_digests = layers.iter().map(digest_of).collect();
+    let mut manifest = json!({"schemaVersion": 2, "config": config, "layers": layers});
+    if built.image.manifest_media_type {
         manifest["mediaType"] = json!(OCI_MANIFEST);
     }
-    let (digest, size) = blobs.add(serde_json::to_vec(&manifest).expect("manifest JSON"));
-    let mut desc = descriptor(OCI_MANIFEST, &digest, size);
-    desc["platform"] = platform_json(&built.spec);
-    (desc, layer_digests)
-}
-
-fn platform_json(spec: &ImageSpec) -> Value {
-    let mut platform = json!({"architecture": spec.architecture, "os": "linux"});
-    if let Some(variant) = &spec.variant {
-        platform["variant"] = json!(variant);
+    let mut descriptor = blobs.add_json(OCI_MANIFEST, &manifest);
+    descriptor["platform"] = built.image.platform_json();
+    Written {
+        descriptor,
+        layer_digests,
     }
-    platform
 }
 
-/// Adds an index over `children`; returns its descriptor.
-pub fn add_index(blobs: &mut Blobs, children: &[Value]) -> Value {
-    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children});
-    let (digest, size) = blobs.add(serde_json::to_vec(&index).expect("index JSON"));
-    descriptor(OCI_INDEX, &digest, size)
-}
-
-/// Adds a Docker-style attestation manifest for the manifest `subject`.
+/// Adds a BuildKit-style attestation manifest (an in-toto provenance statement) for `subject`,
+/// as Docker lists one beside each platform; returns its descriptor.
 fn add_attestation(blobs: &mut Blobs, subject: &Value) -> Value {
-    let statement = json!({"_type": "https://in-toto.io/Statement/v0.1", "subject": [{"digest": {"sha256": subject["digest"].as_str().unwrap().trim_start_matches("sha256:")}}], "predicateType": "https://slsa.dev/provenance/v0.2"});
-    let (statement_digest, statement_size) = blobs.add(serde_json::to_vec(&statement).unwrap());
-    let config = json!({"architecture": "unknown", "os": "unknown", "config": {}, "rootfs": {"type": "layers", "diff_ids": [statement_digest]}});
-    let (config_digest, config_size) = blobs.add(serde_json::to_vec(&config).unwrap());
-    let mut layer = descriptor(
-        "application/vnd.in-toto+json",
-        &statement_digest,
-        statement_size,
-    );
+    let subject_digest = digest_of(subject);
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://slsa.dev/provenance/v0.2",
+        "subject": [{"name": "_", "digest": {"sha256": hex_of(&subject_digest)}}],
+        "predicate": {"buildType": "https://mobyproject.org/buildkit@v1"},
+    });
+    let mut layer = blobs.add_json("application/vnd.in-toto+json", &statement);
     layer["annotations"] = json!({"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"});
-    let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, &config_digest, config_size), "layers": [layer]});
-    let (digest, size) = blobs.add(serde_json::to_vec(&manifest).unwrap());
-    let mut desc = descriptor(OCI_MANIFEST, &digest, size);
-    desc["platform"] = json!({"architecture": "unknown", "os": "unknown"});
-    desc["annotations"] = json!({"vnd.docker.reference.digest": subject["digest"], "vnd.docker.reference.type": "attestation-manifest"});
-    desc
+    let config = json!({
+        "architecture": "unknown",
+        "os": "unknown",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+    });
+    let config = blobs.add_json(OCI_CONFIG, &config);
+    let manifest =
+        json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]});
+    let mut descriptor = blobs.add_json(OCI_MANIFEST, &manifest);
+    descriptor["platform"] = json!({"architecture": "unknown", "os": "unknown"});
+    descriptor["annotations"] = json!({
+        "vnd.docker.reference.digest": subject_digest,
+        "vnd.docker.reference.type": "attestation-manifest",
+    });
+    descriptor
 }
 
-/// An OCI layout in memory: blobs, `index.json` entries, and extra files (docker's
-/// `manifest.json`).
+/// An OCI image layout in memory: blobs and the `index.json` entries.
 #[derive(Default)]
-pub struct Layout {
-    pub blobs: Blobs,
-    pub entries: Vec<Value>,
-    pub extra: Vec<(String, Vec<u8>)>,
+struct Layout {
+    blobs: Blobs,
+    entries: Vec<Value>,
 }
 
 impl Layout {
-    fn index_json(&self) -> Vec<u8> {
-        serde_json::to_vec(
-            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.entries}),
-        )
-        .unwrap()
-    }
-
-    fn files(&self) -> Vec<(String, Vec<u8>)> {
-        let mut files = vec![
-            (
-                "oci-layout".to_owned(),
-                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-            ),
-            ("index.json".to_owned(), self.index_json()),
-        ];
+    fn archive(&self) -> Archive {
+        let mut archive = Archive::default();
+        archive.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec());
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.entries});
+        archive.file("index.json", to_json(&index));
         for (digest, bytes) in &self.blobs.0 {
-            files.push((
-                format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")),
-                bytes.clone(),
-            ));
+            archive.file(blob_path(digest), bytes.clone());
         }
-        files.extend(self.extra.iter().cloned());
-        files
-    }
-
-    pub fn write_dir(&self, dir: &Path) {
-        for (path, bytes) in self.files() {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        }
-    }
-
-    pub fn write_tar(&self, path: &Path) {
-        let mut tar = TarWriter::new();
-        tar.dir("blobs/").dir("blobs/sha256/");
-        for (name, bytes) in self.files() {
-            tar.file(&name, &bytes);
-        }
-        std::fs::write(path, tar.finish()).unwrap();
+        archive
     }
 }
 
-fn single_image_layout(spec: &ImageSpec, style: ManifestStyle) -> (Layout, Facts) {
-    let built = spec.build();
-    let mut layout = Layout::default();
-    let (mut desc, layer_digests) = add_manifest(&mut layout.blobs, &built, style);
-    desc["annotations"] = json!({"org.opencontainers.image.ref.name": spec.tag});
-    let facts = Facts {
-        digest: desc["digest"].as_str().unwrap().to_owned(),
-        media_type: OCI_MANIFEST.to_owned(),
-        config_digest: built.config_digest.clone(),
-        diff_ids: built.layers.iter().map(|l| l.diff_id.clone()).collect(),
-        platforms: Vec::new(),
-        layer_digests,
-    };
-    layout.entries.push(desc);
-    (layout, facts)
+/// Docker's legacy `manifest.json` for one image whose blobs are in `blobs/sha256/`, as Docker
+/// ≥ 25 writes it beside `index.json`.
+fn docker_manifest_json(repo_tag: &str, config_digest: &str, layer_digests: &[String]) -> Vec<u8> {
+    to_json(&json!([{
+        "Config": blob_path(config_digest),
+        "RepoTags": [repo_tag],
+        "Layers": layer_digests.iter().map(|d| blob_path(d)).collect::<Vec<_>>(),
+    }]))
 }
 
-/// An OCI image layout directory (gzip layers).
-pub fn oci_layout(dir: &Path, spec: &ImageSpec) -> Facts {
-    let (layout, facts) = single_image_layout(spec, ManifestStyle::default());
-    layout.write_dir(dir);
-    facts
+/// `repositories`: docker's pre-1.10 name → tag → id map, still written by `docker save`.
+fn repositories_json(images: &[(String, String, String)]) -> Vec<u8> {
+    let mut map: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+    for (name, tag, id) in images {
+        map.entry(name).or_default().insert(tag, id);
+    }
+    serde_json::to_vec(&map).expect("repositories JSON")
 }
 
-/// An OCI layout whose manifest has no top-level `mediaType`, as umoci writes.
-pub fn oci_layout_without_media_type(dir: &Path, spec: &ImageSpec) -> Facts {
-    let style = ManifestStyle {
-        top_level_media_type: false,
-        ..ManifestStyle::default()
-    };
-    let (layout, facts) = single_image_layout(spec, style);
-    layout.write_dir(dir);
-    facts
-}
-
-/// The same as a tar (oci-archive).
-pub fn oci_archive(path: &Path, spec: &ImageSpec) -> Facts {
-    let (layout, facts) = single_image_layout(spec, ManifestStyle::default());
-    layout.write_tar(path);
-    facts
-}
-
-/// A multi-platform OCI layout: `index.json` → image index → one manifest per platform.
-pub fn oci_layout_multi(dir: &Path, specs: &[ImageSpec]) -> Facts {
-    let (layout, facts) = multi_platform_layout(specs, specs, false);
-    layout.write_dir(dir);
-    facts
-}
-
-fn multi_platform_layout(
-    specs: &[ImageSpec],
-    present: &[ImageSpec],
-    attestations: bool,
-) -> (Layout, Facts) {
-    let mut layout = Layout::default();
-    let mut children = Vec::new();
-    let mut platforms = Vec::new();
-    let mut missing = Blobs::default();
-    for spec in specs {
-        let built = spec.build();
-        let is_present = present
-            .iter()
-            .any(|p| p.platform_string() == spec.platform_string());
-        let blobs = if is_present {
-            &mut layout.blobs
-        } else {
-            &mut missing
+impl TestImage {
+    /// A layout holding this one image, its `index.json` entry annotated with the tag.
+    fn single_layout(&self, compression: LayerCompression) -> (Layout, Facts) {
+        let built = self.build();
+        let mut layout = Layout::default();
+        let Written {
+            mut descriptor,
+            layer_digests,
+        } = add_manifest(&mut layout.blobs, &built, compression);
+        descriptor["annotations"] = json!({REF_NAME: self.tag});
+        let facts = Facts {
+            digest: digest_of(&descriptor),
+            media_type: OCI_MANIFEST.to_owned(),
+            layer_digests,
+            ..built.facts()
         };
-        let (desc, _) = add_manifest(blobs, &built, ManifestStyle::default());
-        platforms.push((
-            spec.platform_string(),
-            desc["digest"].as_str().unwrap().to_owned(),
-            built.config_digest.clone(),
-        ));
-        children.push(desc.clone());
-        if attestations {
-            children.push(add_attestation(blobs, &desc));
-        }
+        layout.entries.push(descriptor);
+        (layout, facts)
     }
-    let mut index = add_index(&mut layout.blobs, &children);
-    index["annotations"] = json!({
-        "io.containerd.image.name": format!("docker.io/library/{}:{}", specs[0].name, specs[0].tag),
-        "org.opencontainers.image.ref.name": specs[0].tag,
-    });
-    let facts = Facts {
-        digest: index["digest"].as_str().unwrap().to_owned(),
-        media_type: OCI_INDEX.to_owned(),
-        platforms,
-        ..Facts::default()
-    };
-    layout.entries.push(index);
-    (layout, facts)
-}
 
-/// Docker ≥ 25 `docker save`: an OCI layout with uncompressed layers plus the legacy
-/// `manifest.json` pointing into `blobs/`.
-pub fn docker_save_25(path: &Path, spec: &ImageSpec) -> Facts {
-    let style = ManifestStyle {
-        gzip_layers: false,
-        top_level_media_type: true,
-    };
-    let (mut layout, facts) = single_image_layout(spec, style);
-    layout.entries[0]["annotations"] = json!({
-        "io.containerd.image.name": format!("docker.io/library/{}:{}", spec.name, spec.tag),
-        "org.opencontainers.image.ref.name": spec.tag,
-    });
-    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
-    let manifest_json = json!([{
-        "Config": blob(&facts.config_digest),
-        "RepoTags": [format!("{}:{}", spec.name, spec.tag)],
-        "Layers": facts.layer_digests.iter().map(|d| blob(d)).collect::<Vec<_>>(),
-    }]);
-    layout.extra.push((
-        "manifest.json".into(),
-        serde_json::to_vec(&manifest_json).unwrap(),
-    ));
-    layout.extra.push((
-        "repositories".into(),
-        serde_json::to_vec(&json!({spec.name.clone(): {spec.tag.clone(): facts.digest.trim_start_matches("sha256:")}})).unwrap(),
-    ));
-    layout.write_tar(path);
-    facts
-}
-
-/// Docker 29 (containerd image store) `docker save`: `index.json` → image index listing every
-/// platform and its attestation manifest, gzip layers; only the platforms in `present` have
-/// their blobs in the archive, as when a single platform was pulled.
-pub fn docker_save_29(path: &Path, specs: &[ImageSpec], present: &[ImageSpec]) -> Facts {
-    let (mut layout, facts) = multi_platform_layout(specs, present, true);
-    if let Some(first) = present.first() {
-        let built = first.build();
-        let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
-        let manifest_json = json!([{
-            "Config": blob(&built.config_digest),
-            "RepoTags": [format!("{}:{}", first.name, first.tag)],
-            "Layers": built.layers.iter().map(|l| blob(&sha256(&gzip(&l.tar)))).collect::<Vec<_>>(),
-        }]);
-        layout.extra.push((
-            "manifest.json".into(),
-            serde_json::to_vec(&manifest_json).unwrap(),
-        ));
-    }
-    layout.write_tar(path);
-    facts
-}
-
-/// Legacy `docker save` (Docker < 25) of one or more images: `manifest.json` (written last,
-/// as docker does), `<id>/layer.tar` uncompressed, and a symlink where a layer repeats.
-pub fn docker_save_legacy(path: &Path, specs: &[ImageSpec]) -> Vec<Facts> {
-    let mut tar = TarWriter::new();
-    let mut written: BTreeMap<String, String> = BTreeMap::new();
-    let mut entries = Vec::new();
-    let mut all_facts = Vec::new();
-    for spec in specs {
-        let built = spec.build();
-        let mut layer_paths = Vec::new();
-        for (i, layer) in built.layers.iter().enumerate() {
-            let id = sha256(format!("{}:{}:{i}:{}", spec.name, spec.tag, layer.diff_id).as_bytes());
-            let id = id.trim_start_matches("sha256:").to_owned();
-            tar.dir(&format!("{id}/"));
-            tar.file(&format!("{id}/VERSION"), b"1.0");
-            tar.file(
-                &format!("{id}/json"),
-                format!(r#"{{"id":"{id}"}}"#).as_bytes(),
+    /// A layout whose one `index.json` entry is an image index over `platforms` (with Docker's
+    /// attestation manifests if asked); only the platforms in `present` keep their blobs.
+    fn multi_layout(
+        &self,
+        platforms: &[&str],
+        present: &[&str],
+        attestations: bool,
+    ) -> (Layout, Facts) {
+        for platform in present {
+            assert!(
+                platforms.contains(platform),
+                "present platform {platform} is not one of {platforms:?}"
             );
-            if let Some(first) = written.get(&layer.diff_id) {
-                // docker save links a layer it already wrote under another id.
-                tar.symlink(&format!("{id}/layer.tar"), &format!("../{first}/layer.tar"));
-            } else {
-                tar.file(&format!("{id}/layer.tar"), &layer.tar);
-                written.insert(layer.diff_id.clone(), id.clone());
-            }
-            layer_paths.push(format!("{id}/layer.tar"));
         }
-        let config_name = format!("{}.json", built.config_digest.trim_start_matches("sha256:"));
-        tar.file(&config_name, &built.config);
-        entries.push(json!({"Config": config_name, "RepoTags": [format!("{}:{}", spec.name, spec.tag)], "Layers": layer_paths}));
-        all_facts.push(Facts {
-            config_digest: built.config_digest.clone(),
-            diff_ids: built.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        let mut layout = Layout::default();
+        let mut children = Vec::new();
+        let mut facts = Facts {
+            name: self.name.clone(),
+            tag: self.tag.clone(),
+            media_type: OCI_INDEX.to_owned(),
             ..Facts::default()
-        });
+        };
+        for platform in platforms {
+            let built = self.clone().platform(platform).build();
+            let mut blobs = Blobs::default();
+            let written = add_manifest(&mut blobs, &built, LayerCompression::Gzip);
+            facts.platforms.push((
+                (*platform).to_owned(),
+                digest_of(&written.descriptor),
+                built.config_digest.clone(),
+            ));
+            if attestations {
+                let attestation = add_attestation(&mut blobs, &written.descriptor);
+                children.extend([written.descriptor, attestation]);
+            } else {
+                children.push(written.descriptor);
+            }
+            if present.contains(platform) {
+                layout.blobs.0.append(&mut blobs.0);
+            }
+        }
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children});
+        let mut descriptor = layout.blobs.add_json(OCI_INDEX, &index);
+        descriptor["annotations"] = json!({REF_NAME: self.tag});
+        facts.digest = digest_of(&descriptor);
+        layout.entries.push(descriptor);
+        (layout, facts)
     }
-    tar.file("manifest.json", &serde_json::to_vec(&entries).unwrap());
-    std::fs::write(path, tar.finish()).unwrap();
+
+    // -----------------------------------------------------------------------------------------
+    // Writers, one per input format
+    // -----------------------------------------------------------------------------------------
+
+    /// An OCI image layout directory with gzip layers.
+    pub fn write_oci_layout(&self, dir: &Path) -> Facts {
+        let (layout, facts) = self.single_layout(LayerCompression::Gzip);
+        layout.archive().write_dir(dir);
+        facts
+    }
+
+    /// The same layout as a tar (`oci-archive`).
+    pub fn write_oci_archive(&self, path: &Path) -> Facts {
+        let (layout, facts) = self.single_layout(LayerCompression::Gzip);
+        layout.archive().write_tar(path);
+        facts
+    }
+
+    /// A multi-platform OCI layout directory: `index.json` → image index → one manifest per
+    /// platform, every blob present.
+    pub fn write_oci_layout_multi(&self, dir: &Path, platforms: &[&str]) -> Facts {
+        let (layout, facts) = self.multi_layout(platforms, platforms, false);
+        layout.archive().write_dir(dir);
+        facts
+    }
+
+    /// Legacy `docker save` (Docker < 25) of this image; see
+    /// [`write_docker_save_legacy_multi`].
+    pub fn write_docker_save_legacy(&self, path: &Path) -> Facts {
+        write_docker_save_legacy_multi(path, std::slice::from_ref(self)).remove(0)
+    }
+
+    /// Docker ≥ 25 `docker save` (classic image store): an OCI layout with UNCOMPRESSED layers
+    /// whose `index.json` entry carries both name annotations, plus the legacy `manifest.json`
+    /// pointing into `blobs/` and `repositories`.
+    pub fn write_docker_save_25(&self, path: &Path) -> Facts {
+        let (mut layout, facts) = self.single_layout(LayerCompression::None);
+        layout.entries[0]["annotations"] = json!({
+            CONTAINERD_NAME: format!("docker.io/library/{}", self.repo_tag()),
+            REF_NAME: self.tag,
+        });
+        let mut archive = layout.archive();
+        archive.file_last(
+            "repositories",
+            repositories_json(&[(
+                self.name.clone(),
+                self.tag.clone(),
+                hex_of(&facts.config_digest).to_owned(),
+            )]),
+        );
+        archive.file_last(
+            "manifest.json",
+            docker_manifest_json(&self.repo_tag(), &facts.config_digest, &facts.layer_digests),
+        );
+        archive.write_tar(path);
+        facts
+    }
+
+    /// Docker 29 `docker save` (containerd image store): `index.json` → one image index listing
+    /// every platform's manifest and its attestation manifest, gzip layers. Only the platforms
+    /// in `present` have their manifest, config and layers in the tar — the others are
+    /// referenced but absent, as after pulling one platform. `manifest.json` describes the first
+    /// present platform.
+    pub fn write_docker_save_29_containerd(
+        &self,
+        path: &Path,
+        platforms: &[&str],
+        present: &[&str],
+    ) -> Facts {
+        let (mut layout, facts) = self.multi_layout(platforms, present, true);
+        layout.entries[0]["annotations"] = json!({
+            CONTAINERD_NAME: format!("docker.io/library/{}", self.repo_tag()),
+            REF_NAME: self.tag,
+        });
+        let mut archive = layout.archive();
+        if let Some(first) = present.first() {
+            let built = self.clone().platform(first).build();
+            let layers: Vec<String> = built.layers.iter().map(|l| sha256(&gzip(&l.tar))).collect();
+            archive.file_last(
+                "manifest.json",
+                docker_manifest_json(&self.repo_tag(), &built.config_digest, &layers),
+            );
+        }
+        archive.write_tar(path);
+        facts
+    }
+}
+
+/// Legacy `docker save` (Docker < 25) of several images in one tar, as
+/// `docker save a:1 b:2` writes it: per layer a `<id>/` directory with `VERSION`, `json` and an
+/// UNCOMPRESSED `layer.tar`; `<config hex>.json`; `repositories`; and `manifest.json` last.
+/// A layer whose `diff_id` was already written (a shared base, a repeated layer) becomes a
+/// symlink `<id>/layer.tar` → `../<first id>/layer.tar`, as docker writes it; with sorted
+/// entries the link may come before its target.
+pub fn write_docker_save_legacy_multi(path: &Path, images: &[TestImage]) -> Vec<Facts> {
+    let mut archive = Archive::default();
+    let mut first_copy: BTreeMap<String, String> = BTreeMap::new();
+    let mut manifest = Vec::new();
+    let mut repositories = Vec::new();
+    let mut all_facts = Vec::new();
+    for image in images {
+        let built = image.build();
+        let mut parent: Option<String> = None;
+        let mut layer_paths = Vec::new();
+        for layer in &built.layers {
+            let id = legacy_layer_id(&image.repo_tag(), parent.as_deref(), &layer.diff_id);
+            let layer_path = format!("{id}/layer.tar");
+            archive.file(format!("{id}/VERSION"), b"1.0".to_vec());
+            archive.file(
+                format!("{id}/json"),
+                legacy_layer_json(&id, parent.as_deref()),
+            );
+            if let Some(first) = first_copy.get(&layer.diff_id) {
+                archive.symlink(&layer_path, format!("../{first}"));
+            } else {
+                archive.file(&layer_path, layer.tar.clone());
+                first_copy.insert(layer.diff_id.clone(), layer_path.clone());
+            }
+            layer_paths.push(layer_path);
+            parent = Some(id);
+        }
+        let config_path = format!("{}.json", hex_of(&built.config_digest));
+        archive.file(&config_path, built.config.clone());
+        manifest.push(
+            json!({"Config": config_path, "RepoTags": [image.repo_tag()], "Layers": layer_paths}),
+        );
+        repositories.push((
+            image.name.clone(),
+            image.tag.clone(),
+            parent.unwrap_or_default(),
+        ));
+        all_facts.push(built.facts());
+    }
+    archive.file_last("repositories", repositories_json(&repositories));
+    archive.file_last("manifest.json", to_json(&Value::Array(manifest)));
+    archive.write_tar(path);
     all_facts
 }
 
-pub fn gzip_file(source: &Path, destination: &Path) {
-    std::fs::write(destination, gzip(&std::fs::read(source).unwrap())).unwrap();
+/// A v1 layer id: unique per image and position (docker derives it from the layer chain).
+fn legacy_layer_id(repo_tag: &str, parent: Option<&str>, diff_id: &str) -> String {
+    let digest = sha256(format!("{repo_tag}\n{}\n{diff_id}", parent.unwrap_or("")).as_bytes());
+    hex_of(&digest).to_owned()
 }
 
-pub fn zstd_file(source: &Path, destination: &Path) {
-    let data = std::fs::read(source).unwrap();
-    std::fs::write(destination, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
+fn legacy_layer_json(id: &str, parent: Option<&str>) -> Vec<u8> {
+    let mut json = json!({
+        "id": id,
+        "created": "1970-01-01T00:00:00Z",
+        "os": "linux",
+        "container_config": {"Cmd": null},
+    });
+    if let Some(parent) = parent {
+        json["parent"] = json!(parent);
+    }
+    to_json(&json)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points the end-to-end tests were first written against; thin wrappers.
+// ---------------------------------------------------------------------------------------------
+
+pub type ImageSpec = TestImage;
+
+pub fn oci_layout(dir: &Path, image: &TestImage) -> Facts {
+    image.write_oci_layout(dir)
+}
+
+pub fn oci_layout_without_media_type(dir: &Path, image: &TestImage) -> Facts {
+    image
+        .clone()
+        .without_manifest_media_type()
+        .write_oci_layout(dir)
+}
+
+pub fn oci_archive(path: &Path, image: &TestImage) -> Facts {
+    image.write_oci_archive(path)
+}
+
+fn platforms_of(images: &[TestImage]) -> Vec<String> {
+    images.iter().map(TestImage::platform_string).collect()
+}
+
+fn as_strs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
+}
+
+/// `images` are one image per platform (they differ only by platform).
+pub fn oci_layout_multi(dir: &Path, images: &[TestImage]) -> Facts {
+    let platforms = platforms_of(images);
+    images[0].write_oci_layout_multi(dir, &as_strs(&platforms))
+}
+
+pub fn docker_save_25(path: &Path, image: &TestImage) -> Facts {
+    image.write_docker_save_25(path)
+}
+
+pub fn docker_save_29(path: &Path, images: &[TestImage], present: &[TestImage]) -> Facts {
+    let (platforms, present) = (platforms_of(images), platforms_of(present));
+    images[0].write_docker_save_29_containerd(path, &as_strs(&platforms), &as_strs(&present))
+}
+
+pub fn docker_save_legacy(path: &Path, images: &[TestImage]) -> Vec<Facts> {
+    write_docker_save_legacy_multi(path, images)
 }

@@ -4,6 +4,9 @@
 //!
 //! A tool that is missing makes the test fail with the command that installs it: a skipped
 //! end-to-end test would look like a passing one.
+//!
+//! The harness is itself tested against the real tools in `harness_selftest`: skopeo reads every
+//! generated format and agrees with every digest the generators report.
 
 pub mod images;
 pub mod moto;
@@ -16,6 +19,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+pub use images::{Facts, TestImage};
 pub use registry::Registry;
 
 /// Panics unless `tool` is on PATH, saying how to install it.
