@@ -22,7 +22,7 @@ use crate::push::{
 };
 use crate::registry::{Client, RegistryError, StaticCredentials};
 use crate::report::{
-    self, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter,
+    self, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter, ScanGate,
 };
 use crate::reuse::{self, KnownLayers, LayerCache};
 use crate::settings::{EcrTarget, LoginSettings, PushSettings, Target, UsageError};
@@ -36,6 +36,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Usage error or invalid input.
     pub const INVALID: u8 = 2;
+    /// Pushed, but the vulnerability scan found findings at or above `--fail-on-severity`.
+    pub const SCAN_GATE: u8 = 3;
 }
 
 /// Why a command failed; decides the exit code.
@@ -56,6 +58,9 @@ pub enum Failure {
     /// The machine itself failed us (writing a file, starting the runtime).
     #[error("{0}")]
     Io(String),
+    /// The image was pushed, but its scan found what `--fail-on-severity` forbids.
+    #[error("{0}")]
+    ScanGate(String),
     /// Some destinations failed; the report lists all of them.
     #[error("the push failed at {} of {} destinations: {}", failed.len(), report.destinations.len(), failed.join("; "))]
     Partial {
@@ -84,6 +89,7 @@ impl Failure {
             | Self::DockerConfig(_)
             | Self::Io(_)
             | Self::Partial { .. } => exit::FAILED,
+            Self::ScanGate(_) => exit::SCAN_GATE,
         }
     }
 }
@@ -152,7 +158,14 @@ fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
     }
     // A partial failure still has a report (the destinations that worked): write it, then fail.
     let (report, partial) = match result {
-        Ok(report) => (report, None),
+        Ok(report) => {
+            let gate = report
+                .scan_gate
+                .as_ref()
+                .filter(|gate| !gate.passed)
+                .map(|gate| Failure::ScanGate(gate.message()));
+            (report, gate)
+        }
         Err(Failure::Partial { report, failed }) => {
             let report = *report;
             let failure = Failure::Partial {
@@ -361,6 +374,10 @@ fn combine(
             Err(failure) => DestinationReport::failed(label, failure),
         })
         .collect();
+    let results_gates: Vec<ScanGate> = results
+        .iter()
+        .filter_map(|(_, result)| result.as_ref().ok()?.scan_gate.clone())
+        .collect();
     let mut failed = Vec::new();
     let mut first = None;
     let mut first_failure = None;
@@ -378,6 +395,10 @@ fn combine(
     let Some(mut report) = first else {
         return Err(first_failure.expect("every destination failed, so one did"));
     };
+    // The gate holds if it holds everywhere.
+    if let Some(failed_gate) = results_gates.into_iter().find(|gate| !gate.passed) {
+        report.scan_gate = Some(failed_gate);
+    }
     report.duration_seconds = duration;
     report.destinations = destinations;
     if failed.is_empty() {
@@ -454,13 +475,53 @@ async fn push_to(
     };
     verifier.verify(&outcome.root, &settings.tags).await?;
 
+    let scans = match (&settings.scan, &destination.scanner) {
+        (Some(scan), Some(scanner)) => {
+            run_scans(
+                scanner,
+                &settings.repository,
+                &outcome.root,
+                scan,
+                reporter.as_ref(),
+            )
+            .await?
+        }
+        _ => Vec::new(),
+    };
+    let scan_gate = settings
+        .scan
+        .as_ref()
+        .and_then(|scan| scan.fail_on)
+        .map(|threshold| ScanGate::evaluate(threshold, &scans));
+
+    Ok(report_of(
+        settings,
+        image,
+        &outcome,
+        client,
+        destination.ecr,
+        scans,
+        scan_gate,
+    ))
+}
+
+/// The report of one destination.
+fn report_of(
+    settings: &PushSettings,
+    image: &SourceImage,
+    outcome: &push::PushOutcome,
+    client: &Client,
+    ecr: Option<EcrReport>,
+    scans: Vec<aws::scan::ScanReport>,
+    scan_gate: Option<ScanGate>,
+) -> PushReport {
     let host = client.host();
     let root = outcome.root.document();
     let (config_digest, platforms) = match &outcome.root {
         PushedNode::Manifest(manifest) => (Some(manifest.config.digest.to_string()), Vec::new()),
         PushedNode::Index { children, .. } => (None, platform_reports(children)),
     };
-    Ok(PushReport {
+    PushReport {
         registry: host.clone(),
         repository: settings.repository.clone(),
         digest: root.digest.to_string(),
@@ -477,9 +538,91 @@ async fn push_to(
         verify_mode: settings.verify.name().to_owned(),
         source_format: image.format.to_string(),
         duration_seconds: 0.0,
-        ecr: destination.ecr,
+        ecr,
+        scan_findings: scan_totals(&scans),
+        scans,
+        scan_gate,
         destinations: Vec::new(),
-    })
+    }
+}
+
+/// Waits for the scan of every image manifest pushed (each platform of an index; attestation
+/// manifests are not images and are not scanned).
+async fn run_scans(
+    scanner: &Scanner,
+    repository: &str,
+    root: &PushedNode,
+    settings: &aws::scan::ScanSettings,
+    reporter: &dyn Reporter,
+) -> Result<Vec<aws::scan::ScanReport>, Failure> {
+    let mut images = Vec::new();
+    collect_images(root, &mut images);
+    let mut reports = Vec::with_capacity(images.len());
+    for (digest, platform) in images {
+        reporter.event(&Event::Note {
+            message: &format!("waiting for the vulnerability scan of {repository}@{digest}"),
+        });
+        let mut report = aws::scan::scan_image(
+            &scanner.ecr,
+            &scanner.registry_id,
+            repository,
+            &digest,
+            scanner.scan_on_push,
+            settings,
+        )
+        .await?;
+        report.platform = platform;
+        reporter.event(&Event::Note {
+            message: &format!(
+                "scan {}: {}",
+                report.status,
+                if report.counts.is_empty() {
+                    "no findings".to_owned()
+                } else {
+                    report
+                        .counts
+                        .iter()
+                        .map(|(s, n)| format!("{n} {s}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        });
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn collect_images(node: &PushedNode, images: &mut Vec<(String, Option<String>)>) {
+    match node {
+        PushedNode::Manifest(manifest) => {
+            if !manifest
+                .platform
+                .as_deref()
+                .is_some_and(|p| p.starts_with("unknown"))
+            {
+                images.push((
+                    manifest.document.digest.to_string(),
+                    manifest.platform.clone(),
+                ));
+            }
+        }
+        PushedNode::Index { children, .. } => {
+            for child in children {
+                collect_images(child, images);
+            }
+        }
+    }
+}
+
+fn scan_totals(scans: &[aws::scan::ScanReport]) -> std::collections::BTreeMap<String, u64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for scan in scans {
+        for (severity, count) in &scan.counts {
+            *totals.entry(severity.clone()).or_default() += count;
+        }
+    }
+    totals
 }
 
 async fn read_source(settings: &PushSettings) -> Result<SourceImage, Failure> {
@@ -500,6 +643,14 @@ struct Destination {
     immutable_tags: Vec<String>,
     /// The newest images of the repository (ECR, by push time), digests.
     recent_images: Vec<String>,
+    /// The ECR API of a private registry, for the scan gate.
+    scanner: Option<Scanner>,
+}
+
+struct Scanner {
+    ecr: aws_sdk_ecr::Client,
+    registry_id: String,
+    scan_on_push: bool,
 }
 
 /// How many of the newest images are looked at for reusable layers.
@@ -574,6 +725,7 @@ async fn connect(
             ecr: None,
             immutable_tags: Vec::new(),
             recent_images: Vec::new(),
+            scanner: None,
         }),
         Target::Ecr(target) => connect_ecr(settings, target, wants_reuse, reporter).await,
     }
@@ -607,6 +759,7 @@ async fn connect_ecr(
             }),
             immutable_tags: Vec::new(),
             recent_images: Vec::new(),
+            scanner: None,
         });
     }
 
@@ -647,7 +800,13 @@ async fn connect_ecr(
     } else {
         Vec::new()
     };
+    let scanner = Some(Scanner {
+        ecr: session.ecr.clone(),
+        registry_id: registry_id.clone(),
+        scan_on_push: state.scan_on_push,
+    });
     Ok(Destination {
+        scanner,
         recent_images,
         immutable_tags: settings
             .tags

@@ -11,7 +11,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the push or its verification failed (network, registry, credentials, AWS, digest mismatch)
-  2  usage error or invalid input (bad flag, unreadable or corrupt image, invalid tag or name)";
+  2  usage error or invalid input (bad flag, unreadable or corrupt image, invalid tag or name)
+  3  pushed, but the vulnerability scan found findings at or above --fail-on-severity";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +55,12 @@ pub struct LoginArgs {
     /// Print only the password on stdout, for `docker login --username AWS --password-stdin`.
     #[arg(long, env = "ECR_PUSH_PASSWORD_STDOUT")]
     pub password_stdout: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScanMode {
+    Off,
+    Wait,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -142,6 +149,32 @@ pub struct PushArgs {
 
     #[command(flatten)]
     pub repository_settings: RepositoryArgs,
+
+    /// `wait`: after the push, wait for ECR's vulnerability scan of the image (starting a basic
+    /// scan when the repository does not scan on push) and report its findings.
+    #[arg(long, env = "ECR_PUSH_SCAN", value_enum, default_value_t = ScanMode::Off)]
+    pub scan: ScanMode,
+
+    /// Seconds to wait for the scan.
+    #[arg(long, env = "ECR_PUSH_SCAN_TIMEOUT", default_value_t = 900)]
+    pub scan_timeout: u64,
+
+    /// Exit with code 3 when the scan finds anything at or above this severity (implies
+    /// `--scan wait`).
+    #[arg(long, env = "ECR_PUSH_FAIL_ON_SEVERITY", value_enum)]
+    pub fail_on_severity: Option<crate::aws::scan::Severity>,
+
+    /// A finding (CVE ID) accepted as a risk: not counted (repeatable).
+    #[arg(
+        long = "ignore-cve",
+        env = "ECR_PUSH_IGNORE_CVES",
+        value_delimiter = ','
+    )]
+    pub ignore_cves: Vec<String>,
+
+    /// A file of accepted finding IDs, one per line (`#` comments).
+    #[arg(long, env = "ECR_PUSH_IGNORE_CVE_FILE")]
+    pub ignore_cve_file: Option<PathBuf>,
 
     /// Also write the JSON report to this file (for later steps and other tools).
     #[arg(long, env = "ECR_PUSH_METADATA_FILE")]

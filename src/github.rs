@@ -70,6 +70,18 @@ pub fn push_outputs(report: &PushReport) -> Vec<(&'static str, String)> {
         outputs.push(("registry-id", ecr.registry_id.clone()));
         outputs.push(("repository-created", ecr.repository_created.to_string()));
     }
+    if !report.scans.is_empty() {
+        outputs.push((
+            "scan-findings",
+            serde_json::to_string(&report.scan_findings).unwrap_or_default(),
+        ));
+    }
+    if !report.destinations.is_empty() {
+        outputs.push((
+            "destinations",
+            serde_json::to_string(&report.destinations).unwrap_or_default(),
+        ));
+    }
     outputs
 }
 
@@ -169,6 +181,94 @@ pub fn push_summary(report: &PushReport) -> String {
     }
     row("Source", report.source_format.clone());
     row("Duration", format!("{:.1} s", report.duration_seconds));
+    md.push('\n');
+    md.push_str(&scan_summary(report));
+    md.push_str(&destinations_summary(report));
+    md
+}
+
+/// The scan's counts and its worst findings.
+fn scan_summary(report: &PushReport) -> String {
+    if report.scans.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("#### Vulnerability scan\n\n");
+    if let Some(gate) = &report.scan_gate {
+        let _ = writeln!(
+            md,
+            "{} `--fail-on-severity {}`: {} finding(s) at or above it.\n",
+            if gate.passed { "Passed" } else { "**Failed**" },
+            gate.threshold.name(),
+            gate.findings
+        );
+    }
+    md.push_str("| Image | Status | Findings |\n|---|---|---|\n");
+    for scan in &report.scans {
+        let counts = if scan.counts.is_empty() {
+            "none".to_owned()
+        } else {
+            scan.counts
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "| `{}`{} | {} {} | {counts}{} |",
+            short(&scan.digest),
+            scan.platform
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default(),
+            scan.scan_type,
+            scan.status,
+            if scan.ignored > 0 {
+                format!(" ({} accepted)", scan.ignored)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let worst: Vec<_> = report
+        .scans
+        .iter()
+        .flat_map(|scan| &scan.worst)
+        .take(10)
+        .collect();
+    if !worst.is_empty() {
+        md.push_str("\n| Finding | Severity | Package | Fixed in |\n|---|---|---|---|\n");
+        for finding in worst {
+            let id = match &finding.url {
+                Some(url) => format!("[{}]({url})", finding.id),
+                None => finding.id.clone(),
+            };
+            let _ = writeln!(
+                md,
+                "| {id} | {} | {} | {} |",
+                finding.severity,
+                finding.package.as_deref().unwrap_or(""),
+                finding.fixed_version.as_deref().unwrap_or("")
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
+fn destinations_summary(report: &PushReport) -> String {
+    if report.destinations.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("#### Destinations\n\n| Destination | Result |\n|---|---|\n");
+    for destination in &report.destinations {
+        let result = match (&destination.image_ref, &destination.error) {
+            (_, Some(error)) => format!("failed: {}", error.replace('|', "\\|")),
+            (Some(reference), None) => format!("`{reference}`"),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(md, "| {} | {result} |", destination.destination);
+    }
     md.push('\n');
     md
 }

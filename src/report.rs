@@ -250,9 +250,47 @@ pub struct PushReport {
     pub duration_seconds: f64,
     #[serde(flatten)]
     pub ecr: Option<EcrReport>,
+    /// Findings per severity over every scanned image (`--scan wait`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub scan_findings: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scans: Vec<crate::aws::scan::ScanReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_gate: Option<ScanGate>,
     /// Every destination, when there are several (the fields above are the first one's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationReport>,
+}
+
+/// The verdict of `--fail-on-severity`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScanGate {
+    pub threshold: crate::aws::scan::Severity,
+    /// Findings at or above the threshold (accepted risks left out).
+    pub findings: u64,
+    pub passed: bool,
+}
+
+impl ScanGate {
+    pub fn evaluate(
+        threshold: crate::aws::scan::Severity,
+        scans: &[crate::aws::scan::ScanReport],
+    ) -> Self {
+        let findings = scans.iter().map(|scan| scan.at_or_above(threshold)).sum();
+        Self {
+            threshold,
+            findings,
+            passed: findings == 0,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        format!(
+            "the vulnerability scan found {} finding(s) at or above {}; fix them, or accept a risk with --ignore-cve",
+            self.findings,
+            self.threshold.name()
+        )
+    }
 }
 
 /// One destination of a push to several.

@@ -1,6 +1,7 @@
 //! Raw arguments + environment → validated settings. This is the one place that says what is
 //! allowed; everything after it can trust its input.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,9 +9,10 @@ use url::Url;
 
 use crate::aws::identity::TokenSource;
 use crate::aws::repository::{Encryption, RepositorySettings};
+use crate::aws::scan::ScanSettings;
 use crate::aws::{AwsSettings, RoleSettings};
 use crate::blob::Compression;
-use crate::cli::{AwsArgs, CompressionArg, LoginArgs, PushArgs, RepositoryArgs};
+use crate::cli::{AwsArgs, CompressionArg, LoginArgs, PushArgs, RepositoryArgs, ScanMode};
 use crate::env::{self, Env};
 use crate::github::ActionsFiles;
 use crate::registry::{BasicCredentials, ClientOptions, RetryPolicy};
@@ -68,6 +70,8 @@ pub struct PushSettings {
     /// `$GITHUB_OUTPUT` and the step summary, on GitHub Actions.
     pub actions: Option<ActionsFiles>,
     pub metadata_file: Option<PathBuf>,
+    /// The scan gate (`--scan wait`, `--fail-on-severity`), in ECR mode.
+    pub scan: Option<ScanSettings>,
     /// Images whose layers may be reused (`--cache-from`), tags or digests.
     pub cache_from: Vec<String>,
     pub cache_dir: Option<PathBuf>,
@@ -89,6 +93,7 @@ impl PushSettings {
                 .map_err(|e| usage(format!("--platform: {e}")))?,
         };
         let targets = targets(args, env)?;
+        let scan = scan_settings(args, &targets)?;
         if args.jobs == 0 || args.jobs > 64 {
             return Err(usage(format!(
                 "--jobs must be between 1 and 64, not {}",
@@ -126,10 +131,51 @@ impl PushSettings {
             github_actions: env.is_github_actions(),
             actions: actions_files(env),
             metadata_file: args.metadata_file.clone(),
+            scan,
             cache_from: cache_from(&args.cache_from)?,
             cache_dir: args.cache_dir.clone(),
         })
     }
+}
+
+/// `--scan wait` and its gate. Scanning is an ECR feature: plain registries and ECR Public
+/// cannot scan.
+fn scan_settings(args: &PushArgs, targets: &[Target]) -> Result<Option<ScanSettings>, UsageError> {
+    let wanted = args.scan == ScanMode::Wait || args.fail_on_severity.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    if targets
+        .iter()
+        .any(|t| !matches!(t, Target::Ecr(ecr) if !ecr.public))
+    {
+        return Err(usage(
+            "--scan and --fail-on-severity need a private ECR registry (plain registries and ECR Public do not scan)",
+        ));
+    }
+    let mut ignore: HashSet<String> = args
+        .ignore_cves
+        .iter()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .collect();
+    if let Some(path) = &args.ignore_cve_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "cannot read --ignore-cve-file {}: {e}",
+                path.display()
+            ))
+        })?;
+        ignore.extend(crate::aws::scan::parse_ignore_file(&text));
+    }
+    if args.scan_timeout == 0 {
+        return Err(usage("--scan-timeout must be at least 1 second"));
+    }
+    Ok(Some(ScanSettings::new(
+        Duration::from_secs(args.scan_timeout),
+        args.fail_on_severity,
+        ignore,
+    )))
 }
 
 /// `--cache-from` references: tags or digests of the target repository.

@@ -14,6 +14,7 @@
 pub mod identity;
 pub mod public;
 pub mod repository;
+pub mod scan;
 
 use std::fmt;
 use std::sync::Arc;

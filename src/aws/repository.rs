@@ -48,6 +48,8 @@ pub struct RepositoryState {
     pub exclusion_filters: Vec<String>,
     /// Differences between the request and an existing repository, one sentence each.
     pub drift: Vec<String>,
+    /// Whether images are scanned when pushed (basic scanning).
+    pub scan_on_push: bool,
 }
 
 impl RepositoryState {
@@ -199,6 +201,7 @@ async fn create(
             .map(exclusion_filters)
             .unwrap_or_default(),
         drift: Vec::new(),
+        scan_on_push: wanted.scan_on_push.unwrap_or(false),
     })
 }
 
@@ -337,6 +340,9 @@ async fn existing_state(
         mutability: current_mutability,
         exclusion_filters: exclusion_filters(existing),
         drift,
+        scan_on_push: existing
+            .image_scanning_configuration()
+            .is_some_and(ImageScanningConfiguration::scan_on_push),
     })
 }
 
@@ -449,6 +455,7 @@ mod tests {
             mutability,
             exclusion_filters: filters.iter().map(|s| (*s).to_owned()).collect(),
             drift: Vec::new(),
+            scan_on_push: false,
         };
         assert!(state(ImageTagMutability::Immutable, &[]).is_immutable("v1"));
         assert!(!state(ImageTagMutability::Mutable, &[]).is_immutable("v1"));

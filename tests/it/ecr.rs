@@ -757,3 +757,156 @@ fn several_regions_each_get_the_repository_and_the_image() {
         );
     }
 }
+
+/// An OCI layout whose image is also known to moto's ECR API, as it would be in real ECR.
+fn image_known_to_ecr(ecr: &Ecr, dir: &std::path::Path, repository: &str) -> images::Facts {
+    let facts = images::oci_layout(dir, &ImageSpec::new("scanned"));
+    ecr.moto.ecr(
+        ACCOUNT,
+        "CreateRepository",
+        &json!({"registryId": ACCOUNT, "repositoryName": repository}),
+    );
+    let manifest = std::fs::read(
+        dir.join("blobs/sha256")
+            .join(facts.digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    ecr.moto
+        .put_image(ACCOUNT, repository, &manifest, images::OCI_MANIFEST, SHA);
+    facts
+}
+
+#[test]
+fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let facts = image_known_to_ecr(&ecr, &layout, "team/scanned");
+    let summary = dir.path().join("summary.md");
+    let output = dir.path().join("output");
+    let mut env = ecr.github_env();
+    env.push((
+        "GITHUB_STEP_SUMMARY".into(),
+        summary.to_str().unwrap().into(),
+    ));
+    env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
+    let args = ecr.push_args(
+        layout.to_str().unwrap(),
+        "team/scanned",
+        &ecr.registry.url(),
+    );
+
+    // moto's scan always finds one HIGH finding, CVE-9999-9999.
+    let gated = ecr.run(
+        &args,
+        &strings(&["--scan", "wait", "--fail-on-severity", "HIGH"]),
+        &env,
+    );
+    gated.failure(3);
+    assert!(
+        gated.stderr.contains("1 finding(s) at or above HIGH"),
+        "{}",
+        gated.stderr
+    );
+    let report = gated.json();
+    assert_eq!(
+        report["digest"],
+        facts.digest.as_str(),
+        "the image was pushed all the same"
+    );
+    assert_eq!(report["scan_findings"], json!({"HIGH": 1}));
+    assert_eq!(report["scan_gate"]["passed"], false);
+    assert_eq!(report["scans"][0]["worst"][0]["id"], "CVE-9999-9999");
+    let summary_text = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary_text.contains("**Failed**") && summary_text.contains("CVE-9999-9999"),
+        "{summary_text}"
+    );
+    let outputs = parse_outputs(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(outputs["scan-findings"], r#"{"HIGH":1}"#);
+
+    // The finding accepted as a risk: the gate passes.
+    let accepted = ecr.run(
+        &args,
+        &strings(&[
+            "--fail-on-severity",
+            "HIGH",
+            "--ignore-cve",
+            "CVE-9999-9999",
+        ]),
+        &ecr.github_env(),
+    );
+    accepted.success();
+    assert_eq!(accepted.json()["scans"][0]["ignored"], 1);
+    // A threshold above what was found: passes.
+    ecr.run(
+        &args,
+        &strings(&["--fail-on-severity", "CRITICAL"]),
+        &ecr.github_env(),
+    )
+    .success();
+}
+
+#[test]
+fn scan_findings_configured_in_the_emulator_are_counted() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let facts = image_known_to_ecr(&ecr, dir.path(), "team/findings");
+    let finding = |id: &str, severity: &str| {
+        json!({"name": id, "severity": severity, "uri": format!("https://nvd.nist.gov/vuln/detail/{id}"),
+               "attributes": [{"key": "package_name", "value": "openssl"}, {"key": "package_version", "value": "3.0.1"}]})
+    };
+    ecr.moto.set_scan_findings(
+        ACCOUNT,
+        REGION,
+        &json!({
+            "registryId": ACCOUNT,
+            "repositoryName": "team/findings",
+            "imageId": {"imageDigest": facts.digest},
+            "imageScanStatus": {"status": "COMPLETE", "description": "done"},
+            "imageScanFindings": {
+                "findings": [finding("CVE-2024-1", "CRITICAL"), finding("CVE-2024-2", "MEDIUM"), finding("CVE-2024-3", "MEDIUM")],
+                "findingSeverityCounts": {"CRITICAL": 1, "MEDIUM": 2}
+            }
+        }),
+    );
+    let run = ecr.run(
+        &ecr.push_args(
+            dir.path().to_str().unwrap(),
+            "team/findings",
+            &ecr.registry.url(),
+        ),
+        &strings(&["--fail-on-severity", "CRITICAL"]),
+        &ecr.github_env(),
+    );
+    run.failure(3);
+    let report = run.json();
+    assert_eq!(report["scan_findings"], json!({"CRITICAL": 1, "MEDIUM": 2}));
+    assert_eq!(report["scans"][0]["worst"][0]["id"], "CVE-2024-1");
+    assert_eq!(report["scans"][0]["worst"][0]["package"], "openssl 3.0.1");
+}
+
+#[test]
+fn scanning_needs_a_private_ecr_registry() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    images::oci_layout(dir.path(), &ImageSpec::new("noscan"));
+    let run = ecr_push(
+        [
+            "push",
+            dir.path().to_str().unwrap(),
+            "--registry",
+            &registry.url(),
+            "--repository",
+            "team/x",
+            "--tag",
+            "v1",
+            "--scan",
+            "wait",
+        ],
+        &[],
+    );
+    run.failure(2);
+    assert!(run.stderr.contains("private ECR"), "{}", run.stderr);
+    assert!(registry.catalog().is_empty());
+}

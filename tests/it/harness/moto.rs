@@ -111,3 +111,50 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+impl Moto {
+    /// Puts an image into moto's ECR (images pushed to the registry do not appear in moto; tests
+    /// that need the ECR API to know an image put its manifest here too, with the real digest).
+    pub fn put_image(
+        &self,
+        account: &str,
+        repository: &str,
+        manifest: &[u8],
+        media_type: &str,
+        tag: &str,
+    ) {
+        self.ecr(
+            account,
+            "PutImage",
+            &serde_json::json!({
+                "registryId": account,
+                "repositoryName": repository,
+                "imageManifest": String::from_utf8(manifest.to_vec()).expect("a JSON manifest"),
+                "imageManifestMediaType": media_type,
+                "imageTag": tag,
+                "imageDigest": super::sha256(manifest),
+            }),
+        );
+    }
+
+    /// Makes moto answer `DescribeImageScanFindings` for `repository@digest` with `answer`.
+    pub fn set_scan_findings(&self, account: &str, region: &str, answer: &serde_json::Value) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!(
+                "{}/moto-api/static/ecr/scan-finding-results",
+                self.url()
+            ))
+            .header("Content-Type", "application/json")
+            .body(
+                serde_json::json!({"results": [answer], "region": region, "account_id": account})
+                    .to_string(),
+            )
+            .send()
+            .expect("configure moto scan findings");
+        assert!(
+            response.status().is_success(),
+            "moto scan findings: {}",
+            response.status()
+        );
+    }
+}
