@@ -10,10 +10,14 @@ use std::collections::HashSet;
 use futures::StreamExt as _;
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, LoginArgs, PushArgs};
+use crate::cli::{
+    CleanupArgs, Cli, Command, EcrCommandArgs, ImagesArgs, LifecycleArgs, LoginArgs, PushArgs,
+    StatusArgs, TagArgs,
+};
 use crate::docker_config::{self, DockerConfigError};
 use crate::env::Env;
 use crate::github::{self, ActionsFiles};
+use crate::ops;
 use url::Url;
 
 use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
@@ -25,7 +29,9 @@ use crate::report::{
     self, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter, ScanGate,
 };
 use crate::reuse::{self, KnownLayers, LayerCache};
-use crate::settings::{EcrTarget, LoginSettings, PushSettings, Target, UsageError};
+use crate::settings::{
+    EcrCommandSettings, EcrTarget, LoginSettings, PushSettings, Target, UsageError,
+};
 use crate::source::{self, SourceError, SourceImage};
 use crate::verify::{Verifier, VerifyError};
 
@@ -103,6 +109,11 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
     let (result, summary) = match cli.command {
         Command::Push(args) => run_push(&args, env),
         Command::Login(args) => run_login(&args, env),
+        Command::Tag(args) => run_tag(&args, env),
+        Command::Status(args) => run_status(&args, env),
+        Command::Images(args) => run_images(&args, env),
+        Command::Cleanup(args) => run_cleanup(&args, env),
+        Command::Lifecycle(args) => run_lifecycle(&args, env),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),
@@ -273,6 +284,223 @@ fn login(settings: &LoginSettings) -> Result<(), Failure> {
         )?;
     }
     Ok(())
+}
+
+/// Runs a repository subcommand: settings, then `work` on a runtime, then its result printed.
+fn run_ecr_command<T>(
+    common: &EcrCommandArgs,
+    repository: &str,
+    env: &Env,
+    work: impl AsyncFnOnce(&EcrCommandSettings) -> Result<T, Failure>,
+    print: impl FnOnce(&T) -> std::io::Result<()>,
+) -> (Result<(), Failure>, Option<PathBuf>)
+where
+    T: serde::Serialize,
+{
+    let settings = match EcrCommandSettings::from_args(common, repository, env) {
+        Ok(settings) => settings,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let summary = settings.actions.as_ref().and_then(|a| a.summary.clone());
+    let result = runtime()
+        .and_then(|runtime| runtime.block_on(work(&settings)))
+        .and_then(|value| {
+            if settings.json {
+                report::print_json(&value)
+            } else {
+                print(&value)
+            }
+            .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))
+        });
+    (result, summary)
+}
+
+fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    let tags = match crate::settings::resolve_tags(&args.tags, env) {
+        Ok(tags) => tags,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let repository = args
+        .repository
+        .as_deref()
+        .unwrap_or_else(|| args.image.split(['@', ':']).next().unwrap_or_default());
+    let quiet = args.common.json;
+    run_ecr_command(
+        &args.common,
+        repository,
+        env,
+        async |settings| {
+            let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal(quiet, "warning: "));
+            ops::tag(
+                settings,
+                &args.image,
+                args.repository.as_deref(),
+                &tags,
+                reporter,
+            )
+            .await
+        },
+        |report| {
+            eprintln!("tagged {} as {}", report.source, report.tags.join(", "));
+            println!("{}", report.image_ref);
+            Ok(())
+        },
+    )
+}
+
+fn run_status(args: &StatusArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    run_ecr_command(
+        &args.common,
+        &args.repository,
+        env,
+        async |settings| ops::status(settings, &args.repository, args.limit).await,
+        |status| {
+            if !status.exists {
+                println!(
+                    "{} does not exist in registry {}",
+                    status.repository, status.registry_id
+                );
+                return Ok(());
+            }
+            let lifecycle = status
+                .lifecycle_policy
+                .as_ref()
+                .map_or("none".to_owned(), ToString::to_string);
+            let rows = vec![
+                vec!["repository".into(), status.uri.clone().unwrap_or_default()],
+                vec![
+                    "tag mutability".into(),
+                    status.tag_mutability.clone().unwrap_or_default(),
+                ],
+                vec![
+                    "scan on push".into(),
+                    status.scan_on_push.unwrap_or(false).to_string(),
+                ],
+                vec![
+                    "encryption".into(),
+                    status.encryption.clone().unwrap_or_default(),
+                ],
+                vec!["lifecycle policy".into(), lifecycle],
+                vec![
+                    "images".into(),
+                    format!(
+                        "{} ({})",
+                        status.image_count,
+                        report::human_bytes(status.total_size)
+                    ),
+                ],
+            ];
+            report::print_table(&["", ""], &rows)?;
+            println!();
+            report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&status.newest))
+        },
+    )
+}
+
+fn run_images(args: &ImagesArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    run_ecr_command(
+        &args.common,
+        &args.repository,
+        env,
+        async |settings| {
+            ops::list_images(
+                settings,
+                &args.repository,
+                args.filter,
+                args.tag_prefix.as_deref(),
+            )
+            .await
+        },
+        |images| report::print_table(&report::IMAGE_HEADERS, &report::image_rows(images)),
+    )
+}
+
+fn run_cleanup(args: &CleanupArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    if args.keep.is_none() && args.older_than.is_none() {
+        return (
+            Err(UsageError("cleanup needs --keep <n> and/or --older-than <days>".into()).into()),
+            summary_path(env),
+        );
+    }
+    let rules = ops::CleanupRules {
+        keep: args.keep,
+        older_than_days: args.older_than,
+        untagged_only: args.untagged,
+        dry_run: args.dry_run,
+    };
+    let (result, summary) = run_ecr_command(
+        &args.common,
+        &args.repository,
+        env,
+        async |settings| ops::cleanup(settings, &args.repository, &rules).await,
+        |report| {
+            let verb = if report.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            eprintln!(
+                "{verb} {} image(s), {}; {} kept because an image index refers to them",
+                report.deleted.len(),
+                report::human_bytes(report.deleted.iter().map(|i| i.size).sum()),
+                report.protected.len()
+            );
+            report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&report.deleted))
+        },
+    );
+    (result, summary)
+}
+
+fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
+    let read = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| UsageError(format!("{} is not valid JSON: {e}", path.display())))?;
+        Ok::<_, UsageError>(text)
+    };
+    let set = match args.set.as_deref().map(read).transpose() {
+        Ok(set) => set,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let policy = match args.policy.as_deref().map(read).transpose() {
+        Ok(policy) => policy,
+        Err(error) => return (Err(error.into()), summary_path(env)),
+    };
+    let preview = args.preview.then_some(policy.as_deref());
+    run_ecr_command(
+        &args.common,
+        &args.repository,
+        env,
+        async |settings| ops::lifecycle(settings, &args.repository, set.as_deref(), preview).await,
+        |report| {
+            if let Some(expiring) = &report.expiring {
+                eprintln!("{} image(s) would expire", expiring.len());
+                let rows: Vec<Vec<String>> = expiring
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.digest.clone(),
+                            e.tags.join(","),
+                            e.rule_priority.map(|p| p.to_string()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                return report::print_table(&["DIGEST", "TAGS", "RULE"], &rows);
+            }
+            if report.applied {
+                eprintln!("lifecycle policy applied to {}", report.repository);
+            }
+            match &report.policy {
+                Some(policy) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(policy).unwrap_or_default()
+                ),
+                None => println!("{} has no lifecycle policy", report.repository),
+            }
+            Ok(())
+        },
+    )
 }
 
 fn host_of(url: &Url) -> String {
@@ -827,7 +1055,7 @@ async fn connect_ecr(
 /// Before anything is uploaded: an immutable tag that already exists must point at this very
 /// image (an idempotent re-run: the tag is not put again), otherwise the push stops here.
 /// Returns the tags to put.
-async fn check_immutable_tags(
+pub(crate) async fn check_immutable_tags(
     client: &Client,
     repository: &str,
     tags: &[String],

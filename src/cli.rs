@@ -35,6 +35,21 @@ pub enum Command {
     /// `config.json`, or print the password for `--password-stdin`.
     #[command(after_help = EXIT_CODES)]
     Login(Box<LoginArgs>),
+    /// Add tags to an image already in ECR (promotion), without uploading it again.
+    #[command(after_help = EXIT_CODES)]
+    Tag(Box<TagArgs>),
+    /// A repository at a glance: settings, lifecycle policy, size, newest images.
+    #[command(after_help = EXIT_CODES)]
+    Status(Box<StatusArgs>),
+    /// List a repository's images.
+    #[command(after_help = EXIT_CODES)]
+    Images(Box<ImagesArgs>),
+    /// Delete old or untagged images (never what a kept image index refers to).
+    #[command(after_help = EXIT_CODES)]
+    Cleanup(Box<CleanupArgs>),
+    /// Apply a lifecycle policy, or preview what one would expire.
+    #[command(after_help = EXIT_CODES)]
+    Lifecycle(Box<LifecycleArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -291,4 +306,112 @@ impl AwsArgs {
             || self.ecr_endpoint.is_some()
             || self.sts_endpoint.is_some()
     }
+}
+
+/// What every repository subcommand (`tag`, `status`, `images`, `cleanup`, `lifecycle`) takes.
+#[derive(Debug, Args)]
+pub struct EcrCommandArgs {
+    /// The registry: an ECR registry URL (sets account and region), or the URL to talk to
+    /// instead of ECR's own (VPC endpoints).
+    #[arg(long, env = "ECR_PUSH_REGISTRY")]
+    pub registry: Option<String>,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+
+    /// Print the result as JSON on stdout.
+    #[arg(long, env = "ECR_PUSH_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image to tag: `repository@sha256:…` or `repository:tag`.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+
+    /// Tag to add (repeatable).
+    #[arg(long = "tag", required = true, value_delimiter = ',')]
+    pub tags: Vec<String>,
+
+    /// Put the tags in this repository of the same registry instead (blobs are mounted or
+    /// copied; the repository is created if missing).
+    #[arg(long)]
+    pub repository: Option<String>,
+
+    #[command(flatten)]
+    pub common: EcrCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub repository: String,
+
+    /// How many of the newest images to show.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+
+    #[command(flatten)]
+    pub common: EcrCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    pub repository: String,
+
+    /// Which images.
+    #[arg(long, value_enum, default_value_t = crate::aws::images::TagFilter::Any)]
+    pub filter: crate::aws::images::TagFilter,
+
+    /// Only images with a tag starting with this.
+    #[arg(long)]
+    pub tag_prefix: Option<String>,
+
+    #[command(flatten)]
+    pub common: EcrCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    pub repository: String,
+
+    /// Keep the newest N images (of those considered) and delete the rest.
+    #[arg(long)]
+    pub keep: Option<usize>,
+
+    /// Delete images pushed more than this many days ago.
+    #[arg(long)]
+    pub older_than: Option<u64>,
+
+    /// Consider untagged images only.
+    #[arg(long)]
+    pub untagged: bool,
+
+    /// Show what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub common: EcrCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    pub repository: String,
+
+    /// Apply this lifecycle policy (JSON file) to the repository.
+    #[arg(long, conflicts_with = "preview")]
+    pub set: Option<PathBuf>,
+
+    /// Show which images a policy would expire: the file given with --policy, or the
+    /// repository's own.
+    #[arg(long)]
+    pub preview: bool,
+
+    /// The policy to preview (JSON file).
+    #[arg(long, requires = "preview")]
+    pub policy: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: EcrCommandArgs,
 }

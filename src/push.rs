@@ -151,6 +151,11 @@ impl Pusher<'_> {
         }
     }
 
+    /// Uploads one blob (unless the repository has it), checking its digest on the way.
+    pub async fn push_blob_once(&self, blob: Blob) -> Result<PushedBlob, PushError> {
+        self.push_stored(blob, &Stats::default()).await
+    }
+
     async fn push_stored(&self, blob: Blob, stats: &Stats) -> Result<PushedBlob, PushError> {
         let pushed = PushedBlob {
             digest: blob.digest.clone(),
@@ -418,14 +423,14 @@ fn compress_to_temp(
 }
 
 /// Hashes and counts what is written through it.
-struct HashingWriter<W: std::io::Write> {
+pub(crate) struct HashingWriter<W: std::io::Write> {
     inner: W,
     hasher: sha2::Sha256,
     size: u64,
 }
 
 impl<W: std::io::Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         Self {
             inner,
             hasher: sha2::Digest::new(),
@@ -433,7 +438,7 @@ impl<W: std::io::Write> HashingWriter<W> {
         }
     }
 
-    fn finish(mut self) -> std::io::Result<blob::Measured> {
+    pub(crate) fn finish(mut self) -> std::io::Result<blob::Measured> {
         self.inner.flush()?;
         let hex = hex::encode(sha2::Digest::finalize(self.hasher));
         Ok(blob::Measured {

@@ -453,6 +453,67 @@ pub fn print_error(error: &dyn std::error::Error, github_actions: bool) -> Strin
     message
 }
 
+/// Prints `value` as pretty JSON on stdout (the `--json` of every subcommand).
+pub fn print_json(value: &impl Serialize) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)?;
+    writeln!(stdout)?;
+    stdout.flush()
+}
+
+/// Prints rows as a plain aligned table on stdout.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(stdout, "{}", line(headers.to_vec()))?;
+    for row in rows {
+        writeln!(stdout, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    stdout.flush()
+}
+
+/// Table rows for a list of images.
+pub fn image_rows(images: &[crate::aws::images::ImageInfo]) -> Vec<Vec<String>> {
+    images
+        .iter()
+        .map(|image| {
+            vec![
+                image.digest.get(..19).unwrap_or(&image.digest).to_owned(),
+                if image.tags.is_empty() {
+                    "<untagged>".to_owned()
+                } else {
+                    image.tags.join(",")
+                },
+                human_bytes(image.size),
+                crate::clock::utc_minute(whole_seconds(image.pushed_at)),
+                image.scan_status.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to u64's range first
+fn whole_seconds(seconds: f64) -> u64 {
+    seconds.clamp(0.0, 1e15) as u64
+}
+
+pub const IMAGE_HEADERS: [&str; 5] = ["DIGEST", "TAGS", "SIZE", "PUSHED (UTC)", "SCAN"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

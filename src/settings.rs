@@ -12,7 +12,9 @@ use crate::aws::repository::{Encryption, RepositorySettings};
 use crate::aws::scan::ScanSettings;
 use crate::aws::{AwsSettings, RoleSettings};
 use crate::blob::Compression;
-use crate::cli::{AwsArgs, CompressionArg, LoginArgs, PushArgs, RepositoryArgs, ScanMode};
+use crate::cli::{
+    AwsArgs, CompressionArg, EcrCommandArgs, LoginArgs, PushArgs, RepositoryArgs, ScanMode,
+};
 use crate::env::{self, Env};
 use crate::github::ActionsFiles;
 use crate::registry::{BasicCredentials, ClientOptions, RetryPolicy};
@@ -363,12 +365,6 @@ pub struct LoginSettings {
 
 impl LoginSettings {
     pub fn from_args(args: &LoginArgs, env: &Env) -> Result<Self, UsageError> {
-        let registry = args
-            .registry
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(parse_registry_url)
-            .transpose()?;
         let docker_config = match &args.docker_config {
             Some(path) if path.extension().is_some_and(|e| e == "json") => path.clone(),
             Some(dir) => dir.join("config.json"),
@@ -384,16 +380,71 @@ impl LoginSettings {
                 })?
                 .join("config.json"),
         };
-        if args.aws.regions.len() > 1 || args.aws.registry_ids.len() > 1 {
-            return Err(usage("login takes one --region and one --registry-id"));
-        }
-        let mut aws = aws_settings(&args.aws, env)?;
-        aws.region = non_empty_or_default(&args.aws.regions).remove(0);
-        aws.registry_id = non_empty_or_default(&args.aws.registry_ids).remove(0);
         Ok(Self {
-            target: ecr_target(registry, aws, RepositorySettings::default())?,
+            target: single_ecr_target(
+                args.registry.as_deref(),
+                &args.aws,
+                RepositorySettings::default(),
+                env,
+            )?,
             docker_config,
             password_stdout: args.password_stdout,
+            actions: actions_files(env),
+        })
+    }
+}
+
+/// One ECR destination from `--registry` and the AWS options (`login` and the repository
+/// subcommands).
+fn single_ecr_target(
+    registry: Option<&str>,
+    args: &AwsArgs,
+    repository: RepositorySettings,
+    env: &Env,
+) -> Result<EcrTarget, UsageError> {
+    let registry = registry
+        .filter(|s| !s.is_empty())
+        .map(parse_registry_url)
+        .transpose()?;
+    if args.regions.len() > 1 || args.registry_ids.len() > 1 {
+        return Err(usage(
+            "this command takes one --region and one --registry-id",
+        ));
+    }
+    let mut aws = aws_settings(args, env)?;
+    aws.region = non_empty_or_default(&args.regions).remove(0);
+    aws.registry_id = non_empty_or_default(&args.registry_ids).remove(0);
+    ecr_target(registry, aws, repository)
+}
+
+/// What the repository subcommands (`tag`, `status`, `images`, `cleanup`, `lifecycle`) need.
+#[derive(Debug)]
+pub struct EcrCommandSettings {
+    pub target: EcrTarget,
+    pub json: bool,
+    pub client: ClientOptions,
+    pub actions: Option<ActionsFiles>,
+}
+
+impl EcrCommandSettings {
+    pub fn from_args(
+        args: &EcrCommandArgs,
+        repository: &str,
+        env: &Env,
+    ) -> Result<Self, UsageError> {
+        validate_repository(repository)?;
+        Ok(Self {
+            target: single_ecr_target(
+                args.registry.as_deref(),
+                &args.aws,
+                RepositorySettings {
+                    create: true,
+                    ..RepositorySettings::default()
+                },
+                env,
+            )?,
+            json: args.json,
+            client: ClientOptions::default(),
             actions: actions_files(env),
         })
     }
@@ -681,7 +732,7 @@ pub fn parse_registry_url(text: &str) -> Result<Url, UsageError> {
 
 /// The tags to push: the given ones (templates expanded), or the commit SHA. Each must be a
 /// valid tag.
-fn resolve_tags(given: &[String], env: &Env) -> Result<Vec<String>, UsageError> {
+pub fn resolve_tags(given: &[String], env: &Env) -> Result<Vec<String>, UsageError> {
     let mut templates: Vec<&str> = given
         .iter()
         .flat_map(|t| t.split(['\n', ',']))
@@ -801,23 +852,9 @@ fn sanitize_tag_part(text: &str) -> String {
         .collect()
 }
 
-/// `YYYYMMDD` in UTC (days-to-civil conversion, to avoid a date library for one format).
+/// `YYYYMMDD` in UTC.
 fn utc_date(unix_seconds: u64) -> String {
-    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(0);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::clock::utc_date(unix_seconds);
     format!("{year:04}{month:02}{day:02}")
 }
 

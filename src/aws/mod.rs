@@ -12,6 +12,7 @@
 //! chain again (new OIDC token, new role session, new ECR token), once.
 
 pub mod identity;
+pub mod images;
 pub mod public;
 pub mod repository;
 pub mod scan;

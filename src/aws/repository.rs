@@ -105,7 +105,7 @@ pub async fn ensure(
     }
 }
 
-async fn describe(
+pub async fn describe(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
     name: &str,
@@ -176,13 +176,7 @@ async fn create(
         Err(error) => return Err(api_error("ecr:CreateRepository", Some(name), &error)),
     };
     if let Some(policy) = &wanted.lifecycle_policy {
-        ecr.put_lifecycle_policy()
-            .registry_id(registry_id)
-            .repository_name(name)
-            .lifecycle_policy_text(policy)
-            .send()
-            .await
-            .map_err(|e| api_error("ecr:PutLifecyclePolicy", Some(name), &e))?;
+        set_lifecycle_policy(ecr, registry_id, name, policy).await?;
     }
     Ok(RepositoryState {
         uri: repository
@@ -309,23 +303,7 @@ async fn existing_state(
         }
     }
     if let Some(asked) = &wanted.lifecycle_policy {
-        let current = match ecr
-            .get_lifecycle_policy()
-            .registry_id(registry_id)
-            .repository_name(name)
-            .send()
-            .await
-        {
-            Ok(output) => output.lifecycle_policy_text().map(str::to_owned),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_lifecycle_policy_not_found_exception()) =>
-            {
-                None
-            }
-            Err(error) => return Err(api_error("ecr:GetLifecyclePolicy", Some(name), &error)),
-        };
+        let current = lifecycle_policy(ecr, registry_id, name).await?;
         if !same_json(current.as_deref(), asked) {
             drift.push(if current.is_some() {
                 "the lifecycle policy differs from the one given".to_owned()
@@ -344,6 +322,48 @@ async fn existing_state(
             .image_scanning_configuration()
             .is_some_and(ImageScanningConfiguration::scan_on_push),
     })
+}
+
+/// The repository's lifecycle policy text, if it has one.
+pub async fn lifecycle_policy(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+) -> Result<Option<String>, AwsError> {
+    match ecr
+        .get_lifecycle_policy()
+        .registry_id(registry_id)
+        .repository_name(name)
+        .send()
+        .await
+    {
+        Ok(output) => Ok(output.lifecycle_policy_text().map(str::to_owned)),
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_lifecycle_policy_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(api_error("ecr:GetLifecyclePolicy", Some(name), &error)),
+    }
+}
+
+/// Applies a lifecycle policy.
+pub async fn set_lifecycle_policy(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    name: &str,
+    policy: &str,
+) -> Result<(), AwsError> {
+    ecr.put_lifecycle_policy()
+        .registry_id(registry_id)
+        .repository_name(name)
+        .lifecycle_policy_text(policy)
+        .send()
+        .await
+        .map_err(|e| api_error("ecr:PutLifecyclePolicy", Some(name), &e))?;
+    Ok(())
 }
 
 /// Pages of `DescribeImages` read to find the newest images (1000 images a page).

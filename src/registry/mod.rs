@@ -840,6 +840,44 @@ impl Client {
         Ok((body.len() as u64 <= limit).then(|| Bytes::from(body)))
     }
 
+    /// Asks the registry to link blob `digest` of repository `from` into `repository` without
+    /// moving bytes (`POST ?mount=&from=`). Returns false when it did not (mounting is optional:
+    /// the registry then opens an ordinary upload session, which is cancelled here).
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut url = self.endpoint(repository, "blobs/uploads/");
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_ref())
+            .append_pair("from", from);
+        let scope = push_scope(repository);
+        let operation = format!("mount blob {digest} from {from} into {repository}");
+        let response = self
+            .execute(&operation, &scope, &|| {
+                self.http.post(url.clone()).header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Some(location) = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|raw| url.join(raw).ok())
+                    .filter(|location| self.location_allowed(location))
+                {
+                    self.abandon(&location, &scope).await;
+                }
+                Ok(false)
+            }
+            _ => Err(RegistryError::from_response(&operation, response).await),
+        }
+    }
+
     /// Starts downloading a blob (for deep verification). Redirects (ECR → S3) are followed
     /// by the HTTP client, which drops the `Authorization` header when the host changes.
     pub async fn get_blob(

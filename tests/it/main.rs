@@ -8,3 +8,4 @@ mod ecr;
 mod faults;
 mod formats;
 mod harness_selftest;
+mod ops;
