@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
@@ -703,18 +703,9 @@ async fn push_to(
     };
     verifier.verify(&outcome.root, &settings.tags).await?;
 
-    let scans = match (&settings.scan, &destination.scanner) {
-        (Some(scan), Some(scanner)) => {
-            run_scans(
-                scanner,
-                &settings.repository,
-                &outcome.root,
-                scan,
-                reporter.as_ref(),
-            )
-            .await?
-        }
-        _ => Vec::new(),
+    let (scans, replication) = match &destination.ecr_api {
+        Some(api) => after_push(settings, api, &outcome.root, reporter.as_ref()).await?,
+        None => (Vec::new(), Vec::new()),
     };
     let scan_gate = settings
         .scan
@@ -722,7 +713,7 @@ async fn push_to(
         .and_then(|scan| scan.fail_on)
         .map(|threshold| ScanGate::evaluate(threshold, &scans));
 
-    Ok(report_of(
+    let mut report = report_of(
         settings,
         image,
         &outcome,
@@ -730,7 +721,41 @@ async fn push_to(
         destination.ecr,
         scans,
         scan_gate,
-    ))
+    );
+    report.replication = replication;
+    Ok(report)
+}
+
+/// ECR's work on a pushed image that the user asked to wait for: scans, replication.
+async fn after_push(
+    settings: &PushSettings,
+    api: &EcrApi,
+    root: &PushedNode,
+    reporter: &dyn Reporter,
+) -> Result<(Vec<aws::scan::ScanReport>, Vec<aws::images::Replica>), Failure> {
+    let scans = match &settings.scan {
+        Some(scan) => run_scans(api, &settings.repository, root, scan, reporter).await?,
+        None => Vec::new(),
+    };
+    let replication = match settings.replication_timeout {
+        Some(timeout) => {
+            let digest = &root.document().digest;
+            reporter.event(&Event::Note {
+                message: &format!("waiting for ECR to replicate {digest}"),
+            });
+            aws::images::wait_for_replication(
+                &api.ecr,
+                &api.registry_id,
+                &settings.repository,
+                digest.as_ref(),
+                timeout,
+                Duration::from_secs(5),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    Ok((scans, replication))
 }
 
 /// The report of one destination.
@@ -770,6 +795,7 @@ fn report_of(
         scan_findings: scan_totals(&scans),
         scans,
         scan_gate,
+        replication: Vec::new(),
         destinations: Vec::new(),
     }
 }
@@ -777,7 +803,7 @@ fn report_of(
 /// Waits for the scan of every image manifest pushed (each platform of an index; attestation
 /// manifests are not images and are not scanned).
 async fn run_scans(
-    scanner: &Scanner,
+    api: &EcrApi,
     repository: &str,
     root: &PushedNode,
     settings: &aws::scan::ScanSettings,
@@ -791,11 +817,11 @@ async fn run_scans(
             message: &format!("waiting for the vulnerability scan of {repository}@{digest}"),
         });
         let mut report = aws::scan::scan_image(
-            &scanner.ecr,
-            &scanner.registry_id,
+            &api.ecr,
+            &api.registry_id,
             repository,
             &digest,
-            scanner.scan_on_push,
+            api.scan_on_push,
             settings,
         )
         .await?;
@@ -871,11 +897,11 @@ struct Destination {
     immutable_tags: Vec<String>,
     /// The newest images of the repository (ECR, by push time), digests.
     recent_images: Vec<String>,
-    /// The ECR API of a private registry, for the scan gate.
-    scanner: Option<Scanner>,
+    /// The ECR API of a private registry, for the scan gate and replication.
+    ecr_api: Option<EcrApi>,
 }
 
-struct Scanner {
+struct EcrApi {
     ecr: aws_sdk_ecr::Client,
     registry_id: String,
     scan_on_push: bool,
@@ -953,7 +979,7 @@ async fn connect(
             ecr: None,
             immutable_tags: Vec::new(),
             recent_images: Vec::new(),
-            scanner: None,
+            ecr_api: None,
         }),
         Target::Ecr(target) => connect_ecr(settings, target, wants_reuse, reporter).await,
     }
@@ -987,7 +1013,7 @@ async fn connect_ecr(
             }),
             immutable_tags: Vec::new(),
             recent_images: Vec::new(),
-            scanner: None,
+            ecr_api: None,
         });
     }
 
@@ -1028,13 +1054,13 @@ async fn connect_ecr(
     } else {
         Vec::new()
     };
-    let scanner = Some(Scanner {
+    let ecr_api = Some(EcrApi {
         ecr: session.ecr.clone(),
         registry_id: registry_id.clone(),
         scan_on_push: state.scan_on_push,
     });
     Ok(Destination {
-        scanner,
+        ecr_api,
         recent_images,
         immutable_tags: settings
             .tags

@@ -191,6 +191,15 @@ pub struct PushArgs {
     #[arg(long, env = "ECR_PUSH_IGNORE_CVE_FILE")]
     pub ignore_cve_file: Option<PathBuf>,
 
+    /// After the push, wait until ECR has replicated the image to every region and account its
+    /// replication rules name (`DescribeImageReplicationStatus`), and report where it is.
+    #[arg(long, env = "ECR_PUSH_WAIT_REPLICATION")]
+    pub wait_replication: bool,
+
+    /// Seconds to wait for replication.
+    #[arg(long, env = "ECR_PUSH_REPLICATION_TIMEOUT", default_value_t = 900)]
+    pub replication_timeout: u64,
+
     /// Also write the JSON report to this file (for later steps and other tools).
     #[arg(long, env = "ECR_PUSH_METADATA_FILE")]
     pub metadata_file: Option<PathBuf>,

@@ -257,6 +257,9 @@ pub struct PushReport {
     pub scans: Vec<crate::aws::scan::ScanReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan_gate: Option<ScanGate>,
+    /// Where ECR replicated the image (`--wait-replication`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<crate::aws::images::Replica>,
     /// Every destination, when there are several (the fields above are the first one's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationReport>,

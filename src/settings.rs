@@ -72,6 +72,8 @@ pub struct PushSettings {
     /// `$GITHUB_OUTPUT` and the step summary, on GitHub Actions.
     pub actions: Option<ActionsFiles>,
     pub metadata_file: Option<PathBuf>,
+    /// `--wait-replication`: how long to wait for ECR replication.
+    pub replication_timeout: Option<Duration>,
     /// The scan gate (`--scan wait`, `--fail-on-severity`), in ECR mode.
     pub scan: Option<ScanSettings>,
     /// Images whose layers may be reused (`--cache-from`), tags or digests.
@@ -96,6 +98,7 @@ impl PushSettings {
         };
         let targets = targets(args, env)?;
         let scan = scan_settings(args, &targets)?;
+        let replication_timeout = replication(args, &targets)?;
         if args.jobs == 0 || args.jobs > 64 {
             return Err(usage(format!(
                 "--jobs must be between 1 and 64, not {}",
@@ -134,6 +137,7 @@ impl PushSettings {
             actions: actions_files(env),
             metadata_file: args.metadata_file.clone(),
             scan,
+            replication_timeout,
             cache_from: cache_from(&args.cache_from)?,
             cache_dir: args.cache_dir.clone(),
         })
@@ -178,6 +182,19 @@ fn scan_settings(args: &PushArgs, targets: &[Target]) -> Result<Option<ScanSetti
         args.fail_on_severity,
         ignore,
     )))
+}
+
+fn replication(args: &PushArgs, targets: &[Target]) -> Result<Option<Duration>, UsageError> {
+    if !args.wait_replication {
+        return Ok(None);
+    }
+    if targets
+        .iter()
+        .any(|t| !matches!(t, Target::Ecr(ecr) if !ecr.public))
+    {
+        return Err(usage("--wait-replication needs a private ECR registry"));
+    }
+    Ok(Some(Duration::from_secs(args.replication_timeout.max(1))))
 }
 
 /// `--cache-from` references: tags or digests of the target repository.
