@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod action;
 mod bad_input;
 mod ecr;
 mod faults;
