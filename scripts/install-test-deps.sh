@@ -20,3 +20,6 @@ fi
 # The Debian package starts a registry on :5000 as a service where systemd runs; the tests start
 # their own on free ports and do not need it.
 python3 -m pip install --quiet 'moto[server]>=5.1,<6'
+# The action and workflow linters (scripts/lint-actions.sh): check-jsonschema and zizmor, both
+# pure PyPI installs that work offline afterwards.
+python3 -m pip install --quiet -r "$(dirname "$0")/lint-requirements.txt"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, and the end-to-end tests against a real
-# registry (docker-registry), the AWS API emulator (moto_server) and skopeo. Installs what is
-# missing first when it can (root or sudo on Debian/Ubuntu).
+# The whole test suite: formatting, lints, the action/workflow linters, unit tests, the
+# end-to-end tests against a real registry (docker-registry), the AWS API emulator (moto_server)
+# and skopeo, and the static release binary (scripts/build-dist.sh).
+# Installs what is missing first when it can (root or sudo on Debian/Ubuntu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(docker-registry skopeo htpasswd moto_server zstd)
+need=(docker-registry skopeo htpasswd moto_server zstd file check-jsonschema zizmor)
 missing=()
 for tool in "${need[@]}"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -23,4 +24,9 @@ jobs="${CARGO_BUILD_JOBS:-2}"
 
 cargo fmt --check
 cargo clippy --locked -j "$jobs" --all-targets -- -D warnings
+# action.yml and the workflows: schemas and zizmor (fails if the linters are missing).
+./scripts/lint-actions.sh
 cargo test --locked -j "$jobs" -- --test-threads="${TEST_THREADS:-4}"
+# The release binary as a release builds it (fat LTO, a few minutes): fails unless `file` and
+# `ldd` say static and it resolves localhost and reaches the TLS stack.
+./scripts/build-dist.sh
