@@ -449,14 +449,7 @@ fn action_step_pushes_to_ecr_and_writes_outputs_and_summary() {
         serde_json::from_str(&std::fs::read_to_string(&metadata_file).unwrap()).unwrap();
     assert_eq!(written, metadata, "metadata-file holds the same report");
 
-    // Every action output the workflow can read was written by the step.
-    let yml = ActionYml::read(&checkout.path().join("action.yml"));
-    for name in yml.outputs.keys() {
-        assert!(
-            outputs.contains_key(name),
-            "output {name} not written: {outputs:?}"
-        );
-    }
+    assert_every_output_written(checkout.path(), outputs);
 
     // The summary names the repository, the digest and each tag.
     for needle in [
@@ -465,6 +458,8 @@ fn action_step_pushes_to_ecr_and_writes_outputs_and_summary() {
         "`v1`",
         "`latest`",
         facts.config_digest.as_str(),
+        "full: passed",
+        "(created)",
     ] {
         assert!(
             step.summary.contains(needle),
@@ -483,6 +478,17 @@ fn action_step_pushes_to_ecr_and_writes_outputs_and_summary() {
     );
     assert!(stderr.contains("::group::"), "{stderr}");
     assert!(!stderr.contains("::error"), "{stderr}");
+}
+
+/// Every output the action declares (what a workflow can read) was written by the step.
+#[track_caller]
+fn assert_every_output_written(checkout: &Path, outputs: &BTreeMap<String, String>) {
+    for name in ActionYml::read(&checkout.join("action.yml")).outputs.keys() {
+        assert!(
+            outputs.contains_key(name),
+            "{name} not written: {outputs:?}"
+        );
+    }
 }
 
 /// The repository `team/action` has the settings the action's inputs asked for, as the ECR
