@@ -7,7 +7,7 @@ set -euo pipefail
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
-packages=(docker-registry skopeo apache2-utils zstd file ca-certificates)
+packages=(docker-registry skopeo apache2-utils zstd file ca-certificates openssl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(docker-registry skopeo htpasswd moto_server zstd file check-jsonschema zizmor)
+need=(docker-registry skopeo htpasswd moto_server zstd file openssl check-jsonschema zizmor)
 missing=()
 for tool in "${need[@]}"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 if [ "${#missing[@]}" -gt 0 ]; then
