@@ -76,7 +76,7 @@ unset INPUT_BINARY_PATH
 # Lists: newline- or comma-separated in the workflow, comma-separated (trimmed, no empty items)
 # for the binary.
 for var in ECR_PUSH_TAGS ECR_PUSH_REGION ECR_PUSH_REGISTRY_ID ECR_PUSH_REGISTRY \
-  ECR_PUSH_REPOSITORY_TAGS ECR_PUSH_CACHE_FROM; do
+  ECR_PUSH_REPOSITORY_TAGS ECR_PUSH_CACHE_FROM ECR_PUSH_IGNORE_CVES; do
   [ -n "${!var:-}" ] || continue
   joined=""
   while IFS= read -r item; do
