@@ -72,7 +72,7 @@ smoke_test() {
   local binary="$1" work port out pid
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand $work now
-  trap "kill \$(jobs -p) 2>/dev/null; rm -rf '$work'" EXIT
+  trap "kill \$(jobs -p) 2>/dev/null || true; rm -rf '$work'" EXIT
   push() {
     "$binary" push fixtures/hello.docker-archive.tar --registry "$1" --repository dist/smoke \
       --tag smoke --retries 1 --timeout 5 --quiet 2>&1 || true
