@@ -350,6 +350,73 @@ mod tests {
         );
     }
 
+    /// Every type that holds a secret, filled with distinctive values: its `Debug` (which
+    /// `{:?}` in a log line, an error or a panic would print) shows none of them.
+    #[tokio::test]
+    async fn debug_of_every_type_holding_a_secret_is_redacted() {
+        use crate::aws::AwsSettings;
+        use crate::aws::identity::TokenSource;
+
+        let secrets = [
+            "pw-4f1c9e-password",
+            "req-7b2d-request-token",
+            "jwt-9a8e-oidc-token",
+            "bearer-3c5f-registry-token",
+        ];
+        let credentials = BasicCredentials {
+            username: "AWS".into(),
+            password: Secret::new(secrets[0]),
+        };
+        let github = TokenSource::GitHub {
+            request_url: "https://token.actions.example/id?x=1".into(),
+            request_token: Secret::new(secrets[1]),
+            audience: "sts.amazonaws.com".into(),
+        };
+        let env_var = TokenSource::EnvVar {
+            name: "GITLAB_OIDC_TOKEN".into(),
+            value: Secret::new(secrets[2]),
+        };
+        let settings = AwsSettings {
+            token: Some(github.clone()),
+            ..AwsSettings::default()
+        };
+
+        // The auth state, holding credentials, a bearer token and the header made of them.
+        let authenticator =
+            Authenticator::new(Box::new(StaticCredentials(Some(credentials.clone()))));
+        let authorization = authenticator.authorization("repository:a:pull,push").await;
+        let header = authorization.unwrap().header.expect("a Basic header");
+        authenticator
+            .state
+            .lock()
+            .await
+            .bearer
+            .insert("repository:a:pull,push".into(), Secret::new(secrets[3]));
+        let client = super::super::Client::new(
+            url::Url::parse("https://registry.example").unwrap(),
+            Box::new(StaticCredentials(Some(credentials.clone()))),
+            &super::super::ClientOptions::default(),
+        )
+        .unwrap();
+
+        let shown = format!(
+            "{credentials:?} {:?} {github:?} {env_var:?} {settings:?} {authenticator:?} \
+             {header:?} {client:?} {:#?} {:#?}",
+            credentials.password,
+            Some(&credentials),
+            (&github, &env_var),
+        );
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{secret} shown in: {shown}");
+        }
+        let encoded = header.expose().trim_start_matches("Basic ").to_owned();
+        assert!(
+            !shown.contains(&encoded),
+            "the encoded Basic header is shown"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
     #[test]
     fn basic_header_is_base64_of_user_and_password() {
         let credentials = BasicCredentials {
