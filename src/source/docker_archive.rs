@@ -16,7 +16,7 @@ use crate::blob::{self, BlobSource};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Entry {
+pub(super) struct Entry {
     config: String,
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
@@ -41,12 +41,17 @@ pub fn read(
     selection: &Selection,
 ) -> Result<(Option<String>, ImageNode), SourceError> {
     let bytes = store.read_document("manifest.json", MAX_MANIFEST_BYTES)?;
-    let entries: Vec<Entry> = serde_json::from_slice(&bytes).map_err(|e| {
-        SourceError::Invalid(format!("manifest.json is not a docker save manifest: {e}"))
-    })?;
+    let entries = parse_manifest_json(&bytes)?;
     let entry = choose(&entries, selection.image.as_deref())?;
     let name = entry.tags().first().cloned();
     Ok((name, ImageNode::Manifest(Box::new(image(store, entry)?))))
+}
+
+/// Parses `manifest.json`: one entry per image.
+pub(super) fn parse_manifest_json(bytes: &[u8]) -> Result<Vec<Entry>, SourceError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        SourceError::Invalid(format!("manifest.json is not a docker save manifest: {e}"))
+    })
 }
 
 fn choose<'a>(entries: &'a [Entry], wanted: Option<&str>) -> Result<&'a Entry, SourceError> {

@@ -10,6 +10,8 @@
 //! - any of these tars wrapped in gzip or zstd.
 
 mod docker_archive;
+#[doc(hidden)]
+pub mod fuzzing;
 mod oci_layout;
 pub mod store;
 
@@ -264,10 +266,20 @@ pub fn open(
     temp_dir: &Path,
 ) -> Result<SourceImage, SourceError> {
     let (store, wrapping) = Store::open(path, temp_dir)?;
+    read_store(&store, wrapping, path, selection)
+}
+
+/// Reads the image in an opened store (format detection and the readers).
+fn read_store(
+    store: &Store,
+    wrapping: Wrapping,
+    path: &Path,
+    selection: &Selection,
+) -> Result<SourceImage, SourceError> {
     let is_directory = matches!(store, Store::Directory(_));
     let (format, name, root) = if store.contains("index.json") || store.contains("oci-layout") {
         let has_docker_manifest = store.contains("manifest.json");
-        let (name, root) = oci_layout::read(&store, path, selection)?;
+        let (name, root) = oci_layout::read(store, path, selection)?;
         let format = match (is_directory, has_docker_manifest) {
             (true, _) => Format::OciLayout,
             (false, true) => Format::DockerArchiveOci,
@@ -275,7 +287,7 @@ pub fn open(
         };
         (format, name, root)
     } else if store.contains("manifest.json") {
-        let (name, root) = docker_archive::read(&store, selection)?;
+        let (name, root) = docker_archive::read(store, selection)?;
         (Format::DockerArchive, name, root)
     } else {
         return Err(SourceError::NotAnImage {

@@ -92,13 +92,18 @@ fn check_layout_header(store: &Store, path: &Path) -> Result<(), SourceError> {
         }
         Err(other) => return Err(other),
     };
-    let header: LayoutHeader = serde_json::from_slice(&bytes)
-        .map_err(|e| not_layout(format!("its oci-layout file is not valid JSON: {e}")))?;
+    parse_layout_header(&bytes).map_err(not_layout)
+}
+
+/// Checks the content of an `oci-layout` file; the error is the reason it is not a layout.
+pub(super) fn parse_layout_header(bytes: &[u8]) -> Result<(), String> {
+    let header: LayoutHeader = serde_json::from_slice(bytes)
+        .map_err(|e| format!("its oci-layout file is not valid JSON: {e}"))?;
     if header.version != "1.0.0" {
-        return Err(not_layout(format!(
+        return Err(format!(
             "its oci-layout says imageLayoutVersion {:?}; only \"1.0.0\" is defined",
             header.version
-        )));
+        ));
     }
     Ok(())
 }

@@ -49,7 +49,16 @@ impl Store {
         if metadata.is_dir() {
             return Ok((Self::Directory(path.to_path_buf()), Wrapping::None));
         }
-        let mut file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        Self::from_file(file, path, temp_dir)
+    }
+
+    /// A (possibly compressed) tar already open; `path` names it in messages.
+    pub fn from_file(
+        mut file: File,
+        path: &Path,
+        temp_dir: &Path,
+    ) -> Result<(Self, Wrapping), SourceError> {
         let wrapping = sniff_wrapping(&mut file, path)?;
         let file = match wrapping {
             Wrapping::None => file,
@@ -90,6 +99,14 @@ impl Store {
         source
             .read_all()
             .map_err(|e| SourceError::Invalid(format!("cannot read {name}: {e}")))
+    }
+
+    /// Every file name in a tar store (links included), for fuzzing and diagnostics.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Self::Directory(_) => Vec::new(),
+            Self::Tar(index) => index.entries.keys().cloned().collect(),
+        }
     }
 
     fn locate(&self, name: &str) -> Result<BlobSource, SourceError> {
