@@ -23,3 +23,8 @@ python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 # The action and workflow linters (scripts/lint-actions.sh): check-jsonschema and zizmor, both
 # pure PyPI installs that work offline afterwards.
 python3 -m pip install --quiet -r "$(dirname "$0")/lint-requirements.txt"
+# cargo deny (scripts/deny.sh) and cargo fuzz (scripts/fuzz.sh), from crates.io, compiled here
+# (about 5 and 1 minutes on 2 cores).
+for tool in cargo-deny cargo-fuzz; do
+  command -v "$tool" >/dev/null 2>&1 || cargo install "$tool" --locked -j "${CARGO_BUILD_JOBS:-2}"
+done
