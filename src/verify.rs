@@ -184,38 +184,8 @@ impl Verifier<'_> {
             if layer.foreign {
                 continue;
             }
-            let response = self.client.get_blob(self.repository, &layer.digest).await?;
-            let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(4);
-            let hashing =
-                tokio::task::spawn_blocking(move || hash_layer(ChannelReader::new(receiver)));
-            let mut response = response;
-            let mut download_error = None;
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if sender.send(Ok(chunk)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        download_error = Some(RegistryError::transport(
-                            &format!("download layer {}", layer.digest),
-                            &error,
-                        ));
-                        let _ = sender.send(Err(io::Error::other("download failed"))).await;
-                        break;
-                    }
-                }
-            }
-            drop(sender);
-            let hashed = hashing
-                .await
-                .map_err(|e| VerifyError::Missing(format!("hashing failed: {e}")));
-            if let Some(error) = download_error {
-                return Err(error.into());
-            }
-            let (compressed, uncompressed) = hashed?.map_err(|e| VerifyError::Mismatch {
+            let hashed = self.download_and_hash(&layer.digest).await?;
+            let (compressed, uncompressed) = hashed.map_err(|e| VerifyError::Mismatch {
                 what: format!("layer {}", layer.digest),
                 expected: "a readable (gzip, zstd or plain) tar".into(),
                 found: e.to_string(),
@@ -241,6 +211,56 @@ impl Verifier<'_> {
             });
         }
         Ok(())
+    }
+}
+
+impl Verifier<'_> {
+    /// Downloads a layer and hashes it (as sent, and uncompressed). A download that breaks in
+    /// the middle starts again, within the client's retry bounds: the request itself is
+    /// retried by the client, but a body cut short after the answer began is seen only here.
+    async fn download_and_hash(
+        &self,
+        digest: &Digest,
+    ) -> Result<io::Result<(blob::Measured, blob::Measured)>, VerifyError> {
+        let policy = self.client.retry_policy();
+        let mut attempts = policy.start();
+        loop {
+            let response = self.client.get_blob(self.repository, digest).await?;
+            let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(4);
+            let hashing =
+                tokio::task::spawn_blocking(move || hash_layer(ChannelReader::new(receiver)));
+            let mut response = response;
+            let mut download_error = None;
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if sender.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        download_error = Some(RegistryError::transport(
+                            &format!("download layer {digest}"),
+                            &error,
+                        ));
+                        let _ = sender.send(Err(io::Error::other("download failed"))).await;
+                        break;
+                    }
+                }
+            }
+            drop(sender);
+            let hashed = hashing
+                .await
+                .map_err(|e| VerifyError::Missing(format!("hashing failed: {e}")))?;
+            let Some(error) = download_error else {
+                return Ok(hashed);
+            };
+            match attempts.next_delay(None) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(error.into()),
+            }
+        }
     }
 }
 

@@ -301,6 +301,11 @@ impl Client {
         })
     }
 
+    /// How this client retries (for callers that stream a body themselves).
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// `host[:port]`, as it appears in image references.
     pub fn host(&self) -> String {
         let host = self.base.host_str().unwrap_or_default();

@@ -295,6 +295,23 @@ fn bytes_flipped_every_time_are_never_committed_or_tagged() {
 }
 
 #[test]
+fn full_verification_downloads_a_layer_again_when_its_body_is_cut_short() {
+    let faults = Faults::new(18).on(
+        &[Kind::GetBlob],
+        When::First(2),
+        Fault::Modify(Modify {
+            truncate_response: Some(1000),
+            ..Modify::default()
+        }),
+    );
+    let proxy = survives("cut-download", faults, &["--verify", "full", "--jobs", "1"]);
+    assert!(
+        proxy.count(Kind::GetBlob) >= 5,
+        "3 layers, 2 downloads repeated"
+    );
+}
+
+#[test]
 fn missing_digest_headers_and_relative_locations() {
     let mut without_digest = Modify::without_header("docker-content-digest");
     without_digest.relative_location = true;

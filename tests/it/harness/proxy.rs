@@ -116,6 +116,8 @@ pub struct Modify {
     pub relative_location: bool,
     /// Read the request body no faster than this (bytes per second): a slow link.
     pub throttle: Option<u64>,
+    /// Send this many bytes of the answer's body, then break the connection.
+    pub truncate_response: Option<u64>,
 }
 
 impl Modify {
@@ -701,11 +703,16 @@ fn answer(
     for (name, value) in headers {
         response = response.header(name, value);
     }
-    let body = StreamBody::new(
-        upstream
-            .bytes_stream()
-            .map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other)),
-    );
+    let mut left = modify.truncate_response.unwrap_or(u64::MAX);
+    let body = StreamBody::new(upstream.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if left == 0 {
+            return Err(broken("answer cut short"));
+        }
+        let keep = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        left -= keep as u64;
+        Ok(Frame::data(chunk.slice(..keep)))
+    }));
     response.body(http_body_util::BodyExt::boxed(body)).unwrap()
 }
 
