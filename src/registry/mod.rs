@@ -140,7 +140,10 @@ impl RegistryError {
             last: Box::new(self),
             attempts: attempts.number(),
             seconds: attempts.elapsed().as_secs_f64(),
-            asked: asked.map(|d| d.as_secs()),
+            // Named only when it is why the retries stopped.
+            asked: asked
+                .filter(|d| attempts.past_budget(*d))
+                .map(|d| d.as_secs()),
         }
     }
 }

@@ -93,6 +93,11 @@ impl Attempts<'_> {
         Some(delay)
     }
 
+    /// Whether waiting `delay` before another attempt would run past the time budget.
+    pub fn past_budget(&self, delay: Duration) -> bool {
+        self.started.elapsed() + delay >= self.policy.total
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
