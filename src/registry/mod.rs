@@ -531,7 +531,8 @@ impl Client {
                 {
                     return Err(Attempt::Final(UploadError::Source(source_error)));
                 }
-                return Err(Attempt::Transient(error, None));
+                // A refused redirect is final; a broken connection or a stall is not.
+                return Err(Attempt::from_registry(error));
             }
         };
         match response.status() {
@@ -635,6 +636,11 @@ impl Client {
         let request = self.http.put(location).header(CONTENT_LENGTH, 0);
         let response = match with_auth(request, &authorization).send().await {
             Ok(response) => response,
+            Err(error) if !is_transient_transport(&error) => {
+                return Err(Attempt::from_registry(RegistryError::refused(
+                    &operation, &error,
+                )));
+            }
             Err(error) => {
                 // The commit may have landed before the connection broke; if the blob is there
                 // with the right size, the upload is done.
