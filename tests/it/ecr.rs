@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
+use crate::harness::aws_recorder::AwsRecorder;
 use crate::harness::images::{self, ImageSpec};
 use crate::harness::moto::Moto;
 use crate::harness::oidc::OidcServer;
-use crate::harness::proxy::{Action, Proxy};
+use crate::harness::proxy::{Action, Kind, Proxy};
 use crate::harness::{Registry, Run, ecr_push, skopeo};
 
 const ACCOUNT: &str = "210987654321";
@@ -56,6 +57,16 @@ impl Ecr {
 
     /// `push <source> --repository <repository>` against moto and the registry at `registry_url`.
     fn push_args(&self, source: &str, repository: &str, registry_url: &str) -> Vec<String> {
+        Self::push_args_via(source, repository, registry_url, &self.moto.url())
+    }
+
+    /// [`Ecr::push_args`] with the AWS APIs at `aws_url` (an [`AwsRecorder`] in front of moto).
+    fn push_args_via(
+        source: &str,
+        repository: &str,
+        registry_url: &str,
+        aws_url: &str,
+    ) -> Vec<String> {
         [
             "push",
             source,
@@ -68,9 +79,9 @@ impl Ecr {
             "--registry",
             registry_url,
             "--ecr-endpoint",
-            &self.moto.url(),
+            aws_url,
             "--sts-endpoint",
-            &self.moto.url(),
+            aws_url,
             "--json",
         ]
         .map(str::to_owned)
@@ -278,52 +289,94 @@ fn immutable_tags_rerun_succeeds_and_conflict_fails_before_uploading() {
     );
 }
 
-#[test]
-fn expired_credentials_mid_push_are_minted_again_once() {
+/// The registry refuses the credentials in the middle of a push, as ECR does when its token
+/// expires: every layer PATCH is answered `status` (with `headers` and `body`) until a second
+/// OIDC token has been minted.
+/// The whole chain is minted again, exactly once (a second OIDC token, role session and ECR
+/// token, as the AWS API calls show), the push goes on with four jobs, and an independent
+/// client reads back the image that was built.
+fn refused_mid_push_then_minted_again_once(status: u16, headers: &[(&str, &str)], body: &str) {
     let ecr = Ecr::start();
-    // The registry "expires" the credentials after 6 requests: from then on it answers 401 until
-    // a second OIDC token has been minted, i.e. until the whole chain was renewed.
+    let aws = AwsRecorder::start(&ecr.moto.url());
     let minted = ecr.oidc.counter();
-    let requests = Arc::new(AtomicUsize::new(0));
+    let fired = Arc::new(AtomicUsize::new(0));
+    let last_refused = Arc::new(AtomicUsize::new(0));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let body = body.to_owned();
     let proxy = Proxy::start(&ecr.registry.url(), {
-        let requests = Arc::clone(&requests);
-        move |_seen| {
-            let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
-            if number > 6 && minted.load(Ordering::SeqCst) < 2 {
+        let (fired, last_refused) = (Arc::clone(&fired), Arc::clone(&last_refused));
+        move |seen| {
+            // Layers only: the config blob is tiny (and usually uploaded first).
+            let layer = seen.kind == Kind::PatchUpload && seen.content_length.unwrap_or(0) > 10_000;
+            if layer && minted.load(Ordering::SeqCst) < 2 {
+                fired.fetch_add(1, Ordering::SeqCst);
+                last_refused.fetch_max(seen.number, Ordering::SeqCst);
                 return Action::Respond {
-                    status: 401,
-                    headers: vec![("WWW-Authenticate".into(), r#"Basic realm="ecr""#.into())],
-                    body: r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired."}]}"#.into(),
+                    status,
+                    headers: headers.clone(),
+                    body: body.clone(),
                 };
             }
             Action::Forward
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let facts = images::oci_layout(dir.path(), &ImageSpec::new("long").layers(5));
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("long").layers(6));
     let run = ecr.run(
-        &ecr.push_args(dir.path().to_str().unwrap(), "team/long", &proxy.url()),
-        &strings(&["--jobs", "1"]),
+        &Ecr::push_args_via(
+            dir.path().to_str().unwrap(),
+            "team/long",
+            &proxy.url(),
+            &aws.url(),
+        ),
+        &strings(&["--jobs", "4"]),
         &ecr.github_env(),
     );
     run.success();
+    let refused = fired.load(Ordering::SeqCst);
+    assert!(refused >= 1, "the registry refused a layer upload");
+
+    // The chain, minted again once: OIDC token, role session, ECR token.
+    assert_eq!(ecr.oidc.minted(), 2, "{}", run.stderr);
+    assert_eq!(aws.count("AssumeRoleWithWebIdentity"), 2);
+    assert_eq!(aws.count("GetAuthorizationToken"), 2);
+    // Each refused upload was started again, nothing else was, and uploads went on after the
+    // last refusal.
+    let blobs = facts.layer_digests.len() + 1;
+    assert_eq!(proxy.count(Kind::PatchUpload), blobs + refused);
+    let last_refused = last_refused.load(Ordering::SeqCst);
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.kind == Kind::PatchUpload && s.number > last_refused),
+        "an upload after the renewal"
+    );
+
     assert_eq!(run.field("digest"), facts.digest);
-    assert_eq!(
-        ecr.oidc.minted(),
-        2,
-        "a new OIDC token, role session and ECR token, once"
+    let reference = format!("{}/team/long:{SHA}", ecr.registry.host());
+    assert_eq!(skopeo::remote_digest(&reference, ecr.creds()), facts.digest);
+}
+
+#[test]
+fn a_401_mid_push_mints_the_chain_again_once() {
+    refused_mid_push_then_minted_again_once(
+        401,
+        &[("WWW-Authenticate", r#"Basic realm="ecr""#)],
+        "",
     );
-    assert!(
-        proxy.seen().iter().any(|s| s.number == 7),
-        "the registry refused the old credentials"
-    );
-    assert!(
-        requests.load(Ordering::SeqCst) > 8,
-        "and the push went on after the renewal"
-    );
-    assert_eq!(
-        ecr.registry.manifest_digest("team/long", SHA).as_deref(),
-        Some(facts.digest.as_str())
+}
+
+#[test]
+fn ecr_expired_token_403_mid_push_mints_the_chain_again_once() {
+    // ECR's answer to an expired authorization token.
+    refused_mid_push_then_minted_again_once(
+        403,
+        &[("Content-Type", "application/json")],
+        r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#,
     );
 }
 
