@@ -384,8 +384,9 @@ async fn exchange_web_identity(
 
 impl Session {
     /// `GetAuthorizationToken`: Basic credentials (valid for every registry the principal can
-    /// reach) and the endpoint of `registry_id`. The token is `base64("AWS:<password>")`; the
-    /// password is masked as soon as it is known.
+    /// reach) and the endpoint of `registry_id`. The token is `base64("AWS:<password>")`; it
+    /// and the password are masked as soon as they are known. (`registryIds` is not sent: it
+    /// is deprecated, and changes nothing about the token.)
     pub async fn registry_login(&self, registry_id: &str) -> Result<RegistryLogin, AwsError> {
         let output = self
             .ecr
@@ -435,6 +436,9 @@ pub(crate) fn decode_authorization_token(token: &str) -> Result<BasicCredentials
         action: "GetAuthorizationToken".into(),
         message: "the authorization token is not base64 of user:password".into(),
     };
+    // The token as it is, base64 of `AWS:<password>`, is the secret too (a Docker config or a
+    // Basic header carries it): masked before anything else happens with it.
+    let _ = Secret::new(token.trim());
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
         .map_err(|_| invalid())?;

@@ -27,12 +27,13 @@ pub struct BasicCredentials {
 }
 
 impl BasicCredentials {
+    /// `Basic base64(user:password)`. Made once per set of credentials (see
+    /// [`Authenticator`]), not per request: the encoded form is a secret of its own, announced
+    /// to the runner here (for ECR it is the authorization token, announced already).
     fn header_value(&self) -> Secret {
         let raw = format!("{}:{}", self.username, self.password.expose());
-        Secret::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        ))
+        let encoded = Secret::new(base64::engine::general_purpose::STANDARD.encode(raw));
+        Secret::derived(format!("Basic {}", encoded.expose()))
     }
 }
 
@@ -142,8 +143,11 @@ struct State {
     /// credentials exist (saves a round trip on ECR).
     challenge: Option<Challenge>,
     credentials: Option<BasicCredentials>,
+    /// The Basic `Authorization` header of `credentials`.
+    basic_header: Option<Secret>,
     /// Whether the provider has been asked yet (it may have answered "none").
     credentials_loaded: bool,
+    /// Scope → the Bearer `Authorization` header with its token.
     bearer: HashMap<String, Secret>,
     /// Bumped whenever credentials or tokens change, so concurrent requests that all got a 401
     /// refresh once, not once each.
@@ -184,14 +188,11 @@ impl Authenticator {
         let mut state = self.state.lock().await;
         let generation = state.generation;
         let header = match state.challenge.clone() {
-            Some(Challenge::Bearer { .. }) => state
-                .bearer
-                .get(scope)
-                .map(|token| Secret::new(format!("Bearer {}", token.expose()))),
-            Some(Challenge::Basic) | None => self
-                .credentials(&mut state, false)
-                .await?
-                .map(|c| c.header_value()),
+            Some(Challenge::Bearer { .. }) => state.bearer.get(scope).cloned(),
+            Some(Challenge::Basic) | None => {
+                self.credentials(&mut state, false).await?;
+                state.basic_header.clone()
+            }
         };
         Ok(Authorization { header, generation })
     }
@@ -203,6 +204,10 @@ impl Authenticator {
     ) -> Result<Option<BasicCredentials>, RegistryError> {
         if refresh || !state.credentials_loaded {
             state.credentials = self.provider.credentials(refresh).await?;
+            state.basic_header = state
+                .credentials
+                .as_ref()
+                .map(BasicCredentials::header_value);
             state.credentials_loaded = true;
         }
         Ok(state.credentials.clone())
@@ -259,7 +264,8 @@ impl Authenticator {
                     credentials.as_ref(),
                 )
                 .await?;
-                state.bearer.insert(scope.to_owned(), token);
+                let header = Secret::derived(format!("Bearer {}", token.expose()));
+                state.bearer.insert(scope.to_owned(), header);
                 (true, had_token)
             }
             Some(Challenge::Basic) | None => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use base64::Engine as _;
 use serde_json::json;
 
 use crate::harness::aws_recorder::AwsRecorder;
@@ -169,18 +170,40 @@ fn github_oidc_to_verified_push_with_a_new_repository() {
 
     assert_repository_settings(&ecr, "team/app", &kms_key, policy_text);
 
-    // Every secret was masked in the job log before anything else could print it.
+    // Every secret was masked in the job log before anything else could print it, once: the
+    // job's request token, the OIDC token, the session's three parts, the ECR token and the
+    // password in it. Not once per registry request.
+    let masks = add_masks(&run);
+    assert_eq!(masks.len(), 7, "{masks:#?}");
+    for secret in [
+        "request-token-for-the-job".to_owned(),
+        format!("{ACCOUNT}-auth-token"),
+        base64::engine::general_purpose::STANDARD.encode(format!("AWS:{ACCOUNT}-auth-token")),
+    ] {
+        assert!(masks.contains(&secret), "{secret} masked: {masks:#?}");
+    }
     assert!(
-        run.stderr
-            .contains(&format!("::add-mask::{ACCOUNT}-auth-token")),
-        "{}",
-        run.stderr
+        masks.iter().any(|m| m.starts_with("eyJ")),
+        "the OIDC token is masked: {masks:#?}"
     );
-    assert!(
-        run.stderr.lines().any(|l| l.starts_with("::add-mask::eyJ")),
-        "the OIDC token is masked: {}",
-        run.stderr
+}
+
+/// The values of the `::add-mask::` lines of a run, each seen once at most.
+#[track_caller]
+fn add_masks(run: &Run) -> Vec<String> {
+    let masks: Vec<String> = run
+        .stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("::add-mask::"))
+        .map(str::to_owned)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = masks.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        masks.len(),
+        "a secret masked twice: {masks:#?}"
     );
+    masks
 }
 
 /// The repository has what was asked, as the ECR API says.
@@ -359,6 +382,10 @@ fn refused_mid_push_then_minted_again_once(status: u16, headers: &[(&str, &str)]
     assert_eq!(run.field("digest"), facts.digest);
     let reference = format!("{}/team/long:{SHA}", ecr.registry.host());
     assert_eq!(skopeo::remote_digest(&reference, ecr.creds()), facts.digest);
+
+    // The new OIDC token and role session were masked; the ECR token, the same again (moto
+    // always gives the same), not twice.
+    assert_eq!(add_masks(&run).len(), 7 + 4);
 }
 
 #[test]
