@@ -1027,6 +1027,9 @@ async fn connect_ecr(
             ),
         });
     }
+    for skipped in &state.unchecked {
+        reporter.event(&Event::Warning { message: skipped });
+    }
     let login = session.registry_login(&registry_id).await?;
     let url = target.registry_override.clone().unwrap_or(login.endpoint);
     let provider = EcrCredentials::new(
