@@ -128,6 +128,22 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
     }
 }
 
+/// A command line clap did not parse, or `--help`/`--version`: clap's text, and on GitHub
+/// Actions the annotation and failure summary that [`run`] gives every other failure. Exit 0
+/// for help and the version, 2 (usage error) otherwise.
+pub fn refused_command_line(error: &clap::Error, env: &Env) -> ExitCode {
+    let github = env.is_github_actions();
+    let text = report::print_usage_error(error, github);
+    if !error.use_stderr() {
+        return ExitCode::from(exit::SUCCESS);
+    }
+    if let Some(path) = summary_path(env) {
+        // Best effort: the error itself was already printed.
+        let _ = github::append(&path, &github::failure_summary(text.trim()));
+    }
+    ExitCode::from(exit::INVALID)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -588,6 +588,48 @@ fn action_step_with_binary_path_and_only_the_required_inputs() {
 }
 
 #[test]
+fn invalid_inputs_fail_as_usage_errors_with_an_annotation() {
+    // `jobs` is not a number: clap refuses ECR_PUSH_JOBS before anything runs.
+    let data = tempfile::tempdir().unwrap();
+    let binary = test_binary();
+    let step = run_step(
+        ActionCheckout::new().path(),
+        &[
+            ("image", data.path().to_str().unwrap()),
+            ("repository", "team/app"),
+            ("jobs", "many"),
+            ("binary-path", binary.to_str().unwrap()),
+        ],
+        &[],
+    );
+    step.run.failure(2);
+    assert_error(&step, &["invalid value 'many'", "--jobs"]);
+    assert!(
+        step.summary.contains("ecr-push failed") && step.summary.contains("'many'"),
+        "{}",
+        step.summary
+    );
+
+    // Help and the version are not failures, on GitHub neither.
+    for args in [&["--version"][..], &["push", "--help"]] {
+        let run = crate::harness::ecr_push(args, &[("GITHUB_ACTIONS", "true")]);
+        run.success();
+        assert!(
+            !run.stdout.is_empty() && !run.stderr.contains("::error"),
+            "{run:?}"
+        );
+    }
+    // Outside GitHub, the same usage error has no annotation, and still exits 2.
+    let run = crate::harness::ecr_push(["push", "x", "--repository", "a", "--jobs", "many"], &[]);
+    run.failure(2);
+    assert!(
+        run.stderr.contains("invalid value 'many'") && !run.stderr.contains("::error"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_runner_platform_without_a_binary_gets_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
     let layout = data.path().join("layout");
