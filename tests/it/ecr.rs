@@ -506,6 +506,144 @@ fn gitlab_id_token_from_an_env_var_and_token_file() {
     assert_eq!(ecr.oidc.minted(), 0, "no GitHub token was involved");
 }
 
+/// The claims of a JWT (unverified), as STS would read them.
+fn jwt_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[test]
+fn role_session_flags_audience_and_registry_id_reach_aws() {
+    const OTHER: &str = "111111111111";
+    let ecr = Ecr::start();
+    let aws = AwsRecorder::start(&ecr.moto.url());
+    // An ECR token is good for every registry the role may use: the role's, for OTHER's.
+    let registry = &ecr.registry;
+    let dir = tempfile::tempdir().unwrap();
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("flags"));
+    let run = ecr.run(
+        &Ecr::push_args_via(
+            dir.path().to_str().unwrap(),
+            "team/flags",
+            &registry.url(),
+            &aws.url(),
+        ),
+        &strings(&[
+            "--registry-id",
+            OTHER,
+            "--role-session-name",
+            "release-42",
+            "--role-duration-seconds",
+            "1800",
+            "--audience",
+            "custom-audience",
+        ]),
+        &ecr.github_env(),
+    );
+    run.success();
+    let report = run.json();
+    assert_eq!(report["registry_id"], OTHER);
+    assert!(
+        report["repository_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{OTHER}.dkr.ecr.{REGION}.")),
+        "{report}"
+    );
+    assert_eq!(
+        skopeo::remote_digest(
+            &format!("{}/team/flags:{SHA}", registry.host()),
+            registry.skopeo_creds()
+        ),
+        facts.digest
+    );
+
+    let assumed = aws.calls_of("AssumeRoleWithWebIdentity");
+    assert_eq!(assumed.len(), 1);
+    let params = &assumed[0].params;
+    assert_eq!(params["RoleArn"], Ecr::role().as_str());
+    assert_eq!(params["RoleSessionName"], "release-42");
+    assert_eq!(params["DurationSeconds"], "1800");
+    // The audience GitHub was asked for is the token's.
+    let claims = jwt_claims(params["WebIdentityToken"].as_str().unwrap());
+    assert_eq!(claims["aud"], "custom-audience");
+    assert_eq!(claims["sub"], SUBJECT);
+
+    assert_eq!(aws.count("GetAuthorizationToken"), 1);
+    // The repository is looked up and created in registry OTHER, not the role's.
+    for action in ["DescribeRepositories", "CreateRepository"] {
+        let calls = aws.calls_of(action);
+        assert!(!calls.is_empty(), "{action} called");
+        assert!(
+            calls.iter().all(|c| c.params["registryId"] == OTHER),
+            "{action} in registry {OTHER}: {calls:?}"
+        );
+    }
+}
+
+#[test]
+fn token_file_flag_and_endpoint_variables() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layout");
+    images::oci_layout(&source, &ImageSpec::new("endpoints"));
+    let token = crate::harness::oidc::jwt("file-subject", "sts.amazonaws.com", 7);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    // No --ecr-endpoint or --sts-endpoint: the endpoints come from the environment.
+    let args = |tag: &str| {
+        strings(&[
+            "push",
+            source.to_str().unwrap(),
+            "--repository",
+            "team/endpoints",
+            "--tag",
+            tag,
+            "--region",
+            REGION,
+            "--role-arn",
+            &Ecr::role(),
+            "--registry",
+            &ecr.registry.url(),
+            "--web-identity-token-file",
+            token_file.to_str().unwrap(),
+            "--json",
+        ])
+    };
+
+    // One variable per service; the token file wins over GitHub's OIDC token.
+    let (sts, api) = (
+        AwsRecorder::start(&ecr.moto.url()),
+        AwsRecorder::start(&ecr.moto.url()),
+    );
+    let mut env = ecr.github_env();
+    env.push(("AWS_ENDPOINT_URL_STS".into(), sts.url()));
+    env.push(("AWS_ENDPOINT_URL_ECR".into(), api.url()));
+    ecr.run(&args("v1"), &[], &env).success();
+    assert_eq!(
+        ecr.oidc.minted(),
+        0,
+        "the token file was used, not GitHub's"
+    );
+    let assumed = sts.calls_of("AssumeRoleWithWebIdentity");
+    assert_eq!(assumed.len(), 1);
+    assert_eq!(assumed[0].params["WebIdentityToken"], token.as_str());
+    assert_eq!(sts.count("GetAuthorizationToken"), 0);
+    assert_eq!(api.count("GetAuthorizationToken"), 1);
+    assert_eq!(api.count("AssumeRoleWithWebIdentity"), 0);
+
+    // One variable for every service.
+    let both = AwsRecorder::start(&ecr.moto.url());
+    let env = vec![("AWS_ENDPOINT_URL".to_owned(), both.url())];
+    ecr.run(&args("v2"), &[], &env).success();
+    assert_eq!(both.count("AssumeRoleWithWebIdentity"), 1);
+    assert_eq!(both.count("GetAuthorizationToken"), 1);
+    assert_eq!(ecr.registry.tags("team/endpoints").len(), 2);
+}
+
 #[test]
 fn default_credential_chain_and_role_chaining() {
     let ecr = Ecr::start();
