@@ -128,6 +128,22 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
     }
 }
 
+/// A command line clap did not parse, or `--help`/`--version`: clap's text, and on GitHub
+/// Actions the annotation and failure summary that [`run`] gives every other failure. Exit 0
+/// for help and the version, 2 (usage error) otherwise.
+pub fn refused_command_line(error: &clap::Error, env: &Env) -> ExitCode {
+    let github = env.is_github_actions();
+    let text = report::print_usage_error(error, github);
+    if !error.use_stderr() {
+        return ExitCode::from(exit::SUCCESS);
+    }
+    if let Some(path) = summary_path(env) {
+        // Best effort: the error itself was already printed.
+        let _ = github::append(&path, &github::failure_summary(text.trim()));
+    }
+    ExitCode::from(exit::INVALID)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1026,6 +1042,9 @@ async fn connect_ecr(
                 "repository {repository} exists with other settings than asked: {difference}; nothing was changed"
             ),
         });
+    }
+    for skipped in &state.unchecked {
+        reporter.event(&Event::Warning { message: skipped });
     }
     let login = session.registry_login(&registry_id).await?;
     let url = target.registry_override.clone().unwrap_or(login.endpoint);

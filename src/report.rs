@@ -456,6 +456,26 @@ pub fn print_error(error: &dyn std::error::Error, github_actions: bool) -> Strin
     message
 }
 
+/// Prints clap's answer to a command line it did not run: help or the version on stdout, or
+/// what is wrong with the arguments on stderr, then on GitHub Actions also an `::error::`
+/// annotation (an input of the action is an `ECR_PUSH_*` variable that clap reads). Returns
+/// the error's text for a step summary.
+pub fn print_usage_error(error: &clap::Error, github_actions: bool) -> String {
+    let text = error.render().to_string();
+    // Styled for a terminal, plain otherwise, on the stream clap chooses.
+    let _ = error.print();
+    if error.use_stderr() && github_actions {
+        // What is wrong and any tip, without the usage synopsis that follows.
+        let message = text.split("\n\nUsage:").next().unwrap_or(&text).trim();
+        let message = message.strip_prefix("error: ").unwrap_or(message);
+        eprintln!(
+            "::error title=ecr-push failed::{}",
+            crate::github::escape_data(message)
+        );
+    }
+    text
+}
+
 /// Prints `value` as pretty JSON on stdout (the `--json` of every subcommand).
 pub fn print_json(value: &impl Serialize) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();

@@ -7,10 +7,13 @@
 //! 2. `--role-arn` alone: `AssumeRole` with the default credential chain (role chaining);
 //! 3. the default AWS credential chain.
 //!
-//! A push that outlives the role session or the ECR token (12 h) gets a 401 from the registry;
-//! the registry client then asks [`EcrCredentials`] for new credentials, which mints the whole
-//! chain again (new OIDC token, new role session, new ECR token), once.
+//! A push that outlives the role session or the ECR token (12 h) gets a 401, or ECR's 403
+//! `DENIED`, from the registry; the registry client then asks [`EcrCredentials`] for new
+//! credentials, which mints the whole chain again (new OIDC token, new role session, new ECR
+//! token), once. The API clients renew their own role session before it expires
+//! ([`credentials`]).
 
+pub mod credentials;
 pub mod identity;
 pub mod images;
 pub mod public;
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::{ProvideCredentials as _, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use base64::Engine as _;
 use futures::future::BoxFuture;
@@ -32,6 +35,7 @@ use url::Url;
 
 use crate::registry::{BasicCredentials, CredentialProvider, RegistryError};
 use crate::secret::Secret;
+use credentials::{Minter, Renewing};
 use identity::{Claims, TokenSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -255,12 +259,39 @@ impl Aws {
     }
 
     /// Gets fresh credentials (following the documented order) and an ECR client using them.
+    /// The credentials are minted again whenever the clients find them about to expire (see
+    /// [`credentials`]).
     pub async fn session(&self) -> Result<Session, AwsError> {
-        let (credentials, account) = match (&self.settings.role, &self.settings.token) {
-            (Some(role), Some(token)) => self.assume_role_with_web_identity(role, token).await?,
-            (Some(role), None) => self.assume_role(role).await?,
-            (None, _) => (self.default_credentials().await?, None),
+        let renewing = match (&self.settings.role, &self.settings.token) {
+            (Some(role), Some(token)) => Renewing::new(Minter::WebIdentity {
+                sts: self.sts_client(None),
+                role: role.clone(),
+                token: token.clone(),
+            }),
+            (Some(role), None) => {
+                let base = self
+                    .default_credentials()
+                    .await
+                    .map_err(|error| match error {
+                        AwsError::NoCredentials(reason) if self.settings.on_github => {
+                            AwsError::Identity(format!(
+                                "--role-arn is set but GitHub did not provide an OIDC token \
+                             (ACTIONS_ID_TOKEN_REQUEST_URL is not set) and there are no other \
+                             AWS credentials ({reason}); add `permissions: id-token: write` to \
+                             the job"
+                            ))
+                        }
+                        other => other,
+                    })?;
+                Renewing::new(Minter::AssumeRole {
+                    sts: self.sts_client(Some(SharedCredentialsProvider::new(base))),
+                    role: role.clone(),
+                })
+            }
+            (None, _) => self.default_credentials().await?,
         };
+        let account = renewing.start().await?;
+        let credentials = SharedCredentialsProvider::new(renewing);
         let account = match (&self.settings.registry_id, account) {
             (Some(id), _) => id.clone(),
             (None, Some(account)) => account,
@@ -273,64 +304,16 @@ impl Aws {
         })
     }
 
-    async fn assume_role_with_web_identity(
-        &self,
-        role: &RoleSettings,
-        source: &TokenSource,
-    ) -> Result<(SharedCredentialsProvider, Option<String>), AwsError> {
-        let token = source.token().await?;
-        exchange_web_identity(&self.sts_client(None), role, &token, source).await
-    }
-
-    async fn assume_role(
-        &self,
-        role: &RoleSettings,
-    ) -> Result<(SharedCredentialsProvider, Option<String>), AwsError> {
-        let base = self
-            .default_credentials()
-            .await
-            .map_err(|error| match error {
-                AwsError::NoCredentials(reason) if self.settings.on_github => {
-                    AwsError::Identity(format!(
-                        "--role-arn is set but GitHub did not provide an OIDC token \
-                 (ACTIONS_ID_TOKEN_REQUEST_URL is not set) and there are no other AWS credentials \
-                 ({reason}); add `permissions: id-token: write` to the job"
-                    ))
-                }
-                other => other,
-            })?;
-        let response = self
-            .sts_client(Some(base))
-            .assume_role()
-            .role_arn(&role.arn)
-            .role_session_name(&role.session_name)
-            .set_duration_seconds(role.duration.map(duration_seconds))
-            .send()
-            .await
-            .map_err(|e| api_error("sts:AssumeRole", Some(&role.arn), &e))?;
-        let credentials = session_credentials(response.credentials(), "assume-role")?;
-        let account = response
-            .assumed_role_user()
-            .and_then(|user| account_of_arn(user.arn()))
-            .or_else(|| account_of_arn(&role.arn));
-        Ok((SharedCredentialsProvider::new(credentials), account))
-    }
-
-    /// The default chain (env, profile, SSO, container, instance). Resolved now, so that "no
-    /// credentials" is reported as such and not as a failed ECR call.
-    async fn default_credentials(&self) -> Result<SharedCredentialsProvider, AwsError> {
-        let provider = self.config.credentials_provider().ok_or_else(|| {
+    /// The default chain (env, profile, SSO, container, instance), resolved now so that "no
+    /// credentials" is reported as such and not as a failed ECR call; later the chain is asked
+    /// again when what it gave is about to expire.
+    async fn default_credentials(&self) -> Result<Renewing, AwsError> {
+        let chain = self.config.credentials_provider().ok_or_else(|| {
             AwsError::NoCredentials("the AWS credential chain is not available".into())
         })?;
-        let credentials = provider.provide_credentials().await.map_err(|e| {
-            AwsError::NoCredentials(format!(
-                "{}; pass --role-arn with a web identity token (GitHub OIDC, \
-                 --web-identity-token-file) or configure AWS credentials",
-                DisplayErrorContext(&e)
-            ))
-        })?;
-        mask_credentials(&credentials);
-        Ok(SharedCredentialsProvider::new(credentials))
+        let credentials = Renewing::new(Minter::Chain(chain));
+        credentials.start().await?;
+        Ok(credentials)
     }
 
     async fn caller_account(
@@ -360,7 +343,7 @@ async fn exchange_web_identity(
     role: &RoleSettings,
     token: &Secret,
     source: &TokenSource,
-) -> Result<(SharedCredentialsProvider, Option<String>), AwsError> {
+) -> Result<(Credentials, Option<String>), AwsError> {
     let response = sts
         .assume_role_with_web_identity()
         .role_arn(&role.arn)
@@ -396,13 +379,14 @@ async fn exchange_web_identity(
         .assumed_role_user()
         .and_then(|user| account_of_arn(user.arn()))
         .or_else(|| account_of_arn(&role.arn));
-    Ok((SharedCredentialsProvider::new(credentials), account))
+    Ok((credentials, account))
 }
 
 impl Session {
     /// `GetAuthorizationToken`: Basic credentials (valid for every registry the principal can
-    /// reach) and the endpoint of `registry_id`. The token is `base64("AWS:<password>")`; the
-    /// password is masked as soon as it is known.
+    /// reach) and the endpoint of `registry_id`. The token is `base64("AWS:<password>")`; it
+    /// and the password are masked as soon as they are known. (`registryIds` is not sent: it
+    /// is deprecated, and changes nothing about the token.)
     pub async fn registry_login(&self, registry_id: &str) -> Result<RegistryLogin, AwsError> {
         let output = self
             .ecr
@@ -452,6 +436,9 @@ pub(crate) fn decode_authorization_token(token: &str) -> Result<BasicCredentials
         action: "GetAuthorizationToken".into(),
         message: "the authorization token is not base64 of user:password".into(),
     };
+    // The token as it is, base64 of `AWS:<password>`, is the secret too (a Docker config or a
+    // Basic header carries it): masked before anything else happens with it.
+    let _ = Secret::new(token.trim());
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
         .map_err(|_| invalid())?;

@@ -48,6 +48,8 @@ pub struct RepositoryState {
     pub exclusion_filters: Vec<String>,
     /// Differences between the request and an existing repository, one sentence each.
     pub drift: Vec<String>,
+    /// Settings that could not be compared (the role may not read them), one sentence each.
+    pub unchecked: Vec<String>,
     /// Whether images are scanned when pushed (basic scanning).
     pub scan_on_push: bool,
 }
@@ -195,6 +197,7 @@ async fn create(
             .map(exclusion_filters)
             .unwrap_or_default(),
         drift: Vec::new(),
+        unchecked: Vec::new(),
         scan_on_push: wanted.scan_on_push.unwrap_or(false),
     })
 }
@@ -279,32 +282,39 @@ async fn existing_state(
             ));
         }
     }
+    // Reading tags and the lifecycle policy needs permissions a push does not: without them
+    // the push goes on, and the user learns which comparison was skipped and why.
+    let mut unchecked = Vec::new();
     if !wanted.tags.is_empty()
         && let Some(arn) = existing.repository_arn()
     {
-        let output = ecr
+        let listed = ecr
             .list_tags_for_resource()
             .resource_arn(arn)
             .send()
             .await
-            .map_err(|e| api_error("ecr:ListTagsForResource", Some(name), &e))?;
-        for (key, value) in &wanted.tags {
-            let current = output
-                .tags()
-                .iter()
-                .find(|t| t.key() == key)
-                .map(Tag::value);
-            if current != Some(value.as_str()) {
-                drift.push(format!(
-                    "resource tag {key} is {} (asked: {value})",
-                    current.map_or_else(|| "not set".to_owned(), |v| format!("{v:?}"))
-                ));
+            .map_err(|e| api_error("ecr:ListTagsForResource", Some(name), &e));
+        if let Some(output) = optional_read(listed, "the resource tags", &mut unchecked)? {
+            for (key, value) in &wanted.tags {
+                let current = output
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == key)
+                    .map(Tag::value);
+                if current != Some(value.as_str()) {
+                    drift.push(format!(
+                        "resource tag {key} is {} (asked: {value})",
+                        current.map_or_else(|| "not set".to_owned(), |v| format!("{v:?}"))
+                    ));
+                }
             }
         }
     }
     if let Some(asked) = &wanted.lifecycle_policy {
-        let current = lifecycle_policy(ecr, registry_id, name).await?;
-        if !same_json(current.as_deref(), asked) {
+        let read = lifecycle_policy(ecr, registry_id, name).await;
+        if let Some(current) = optional_read(read, "the lifecycle policy", &mut unchecked)?
+            && !same_json(current.as_deref(), asked)
+        {
             drift.push(if current.is_some() {
                 "the lifecycle policy differs from the one given".to_owned()
             } else {
@@ -318,10 +328,31 @@ async fn existing_state(
         mutability: current_mutability,
         exclusion_filters: exclusion_filters(existing),
         drift,
+        unchecked,
         scan_on_push: existing
             .image_scanning_configuration()
             .is_some_and(ImageScanningConfiguration::scan_on_push),
     })
+}
+
+/// A read done only to report drift: access denied is noted in `unchecked` (naming the IAM
+/// action to grant) and gives `None`; any other error is one.
+fn optional_read<T>(
+    read: Result<T, AwsError>,
+    what: &str,
+    unchecked: &mut Vec<String>,
+) -> Result<Option<T>, AwsError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(AwsError::AccessDenied { action, .. }) => {
+            unchecked.push(format!(
+                "could not compare {what} of the existing repository with what was asked: AWS \
+                 denied {action}; grant `{action}` to have differences reported"
+            ));
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The repository's lifecycle policy text, if it has one.
@@ -456,6 +487,75 @@ mod tests {
         assert_eq!(recent, vec!["sha256:newest", "sha256:middle"]);
     }
 
+    #[tokio::test]
+    async fn drift_checks_the_role_may_not_read_are_warnings_not_failures() {
+        use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesOutput;
+        use aws_sdk_ecr::operation::get_lifecycle_policy::GetLifecyclePolicyError;
+        use aws_sdk_ecr::operation::list_tags_for_resource::ListTagsForResourceError;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+        let denied = |action: &str| {
+            aws_sdk_ecr::error::ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message(format!(
+                    "User: arn:aws:sts::123456789012:assumed-role/ci/s is not authorized to \
+                     perform: {action}"
+                ))
+                .build()
+        };
+        let describe = mock!(aws_sdk_ecr::Client::describe_repositories).then_output(|| {
+            DescribeRepositoriesOutput::builder()
+                .repositories(
+                    Repository::builder()
+                        .repository_name("team/app")
+                        .repository_arn("arn:aws:ecr:eu-west-1:123456789012:repository/team/app")
+                        .repository_uri("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app")
+                        .image_tag_mutability(ImageTagMutability::Mutable)
+                        .build(),
+                )
+                .build()
+        });
+        let tags = mock!(aws_sdk_ecr::Client::list_tags_for_resource).then_error(move || {
+            ListTagsForResourceError::generic(denied("ecr:ListTagsForResource"))
+        });
+        let lifecycle = mock!(aws_sdk_ecr::Client::get_lifecycle_policy)
+            .then_error(move || GetLifecyclePolicyError::generic(denied("ecr:GetLifecyclePolicy")));
+        let ecr = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::MatchAny,
+            [&describe, &tags, &lifecycle]
+        );
+        let wanted = RepositorySettings {
+            create: true,
+            tag_mutability: Some(TagMutability::Immutable),
+            tags: vec![("team".into(), "platform".into())],
+            lifecycle_policy: Some(r#"{"rules":[]}"#.into()),
+            ..RepositorySettings::default()
+        };
+        let state = ensure(&ecr, "123456789012", "team/app", &wanted)
+            .await
+            .expect("the push goes on");
+        assert_eq!(tags.num_calls(), 1);
+        assert_eq!(lifecycle.num_calls(), 1);
+        // What could be compared still is.
+        assert_eq!(
+            state.drift,
+            ["tag mutability is MUTABLE (asked: IMMUTABLE)"]
+        );
+        assert_eq!(state.unchecked.len(), 2, "{:?}", state.unchecked);
+        assert!(
+            state.unchecked[0].starts_with("could not compare the resource tags")
+                && state.unchecked[0].contains("grant `ecr:ListTagsForResource`"),
+            "{}",
+            state.unchecked[0]
+        );
+        assert!(
+            state.unchecked[1].starts_with("could not compare the lifecycle policy")
+                && state.unchecked[1].contains("grant `ecr:GetLifecyclePolicy`"),
+            "{}",
+            state.unchecked[1]
+        );
+    }
+
     #[test]
     fn wildcards_match_like_ecr_exclusion_filters() {
         assert!(wildcard_match("latest", "latest"));
@@ -475,6 +575,7 @@ mod tests {
             mutability,
             exclusion_filters: filters.iter().map(|s| (*s).to_owned()).collect(),
             drift: Vec::new(),
+            unchecked: Vec::new(),
             scan_on_push: false,
         };
         assert!(state(ImageTagMutability::Immutable, &[]).is_immutable("v1"));

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use futures::future::BoxFuture;
@@ -26,12 +27,13 @@ pub struct BasicCredentials {
 }
 
 impl BasicCredentials {
+    /// `Basic base64(user:password)`. Made once per set of credentials (see
+    /// [`Authenticator`]), not per request: the encoded form is a secret of its own, announced
+    /// to the runner here (for ECR it is the authorization token, announced already).
     fn header_value(&self) -> Secret {
         let raw = format!("{}:{}", self.username, self.password.expose());
-        Secret::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        ))
+        let encoded = Secret::new(base64::engine::general_purpose::STANDARD.encode(raw));
+        Secret::derived(format!("Basic {}", encoded.expose()))
     }
 }
 
@@ -130,6 +132,9 @@ struct TokenResponse {
 pub struct Authenticator {
     provider: Box<dyn CredentialProvider>,
     state: Mutex<State>,
+    /// One more than the newest auth generation the registry has accepted (answered other
+    /// than 401/403), so a refusal can tell expired credentials from ones never good.
+    accepted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -138,12 +143,17 @@ struct State {
     /// credentials exist (saves a round trip on ECR).
     challenge: Option<Challenge>,
     credentials: Option<BasicCredentials>,
+    /// The Basic `Authorization` header of `credentials`.
+    basic_header: Option<Secret>,
     /// Whether the provider has been asked yet (it may have answered "none").
     credentials_loaded: bool,
+    /// Scope → the Bearer `Authorization` header with its token.
     bearer: HashMap<String, Secret>,
     /// Bumped whenever credentials or tokens change, so concurrent requests that all got a 401
     /// refresh once, not once each.
     generation: u64,
+    /// The generation whose credentials were minted again after a refusal.
+    reminted: Option<u64>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -163,7 +173,14 @@ impl Authenticator {
         Self {
             provider,
             state: Mutex::new(State::default()),
+            accepted: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that the registry accepted a request sent with `sent`.
+    pub fn accepted(&self, sent: &Authorization) {
+        self.accepted
+            .fetch_max(sent.generation + 1, Ordering::Relaxed);
     }
 
     /// The header for a request needing `scope` (`repository:<name>:pull,push`).
@@ -171,14 +188,11 @@ impl Authenticator {
         let mut state = self.state.lock().await;
         let generation = state.generation;
         let header = match state.challenge.clone() {
-            Some(Challenge::Bearer { .. }) => state
-                .bearer
-                .get(scope)
-                .map(|token| Secret::new(format!("Bearer {}", token.expose()))),
-            Some(Challenge::Basic) | None => self
-                .credentials(&mut state, false)
-                .await?
-                .map(|c| c.header_value()),
+            Some(Challenge::Bearer { .. }) => state.bearer.get(scope).cloned(),
+            Some(Challenge::Basic) | None => {
+                self.credentials(&mut state, false).await?;
+                state.basic_header.clone()
+            }
         };
         Ok(Authorization { header, generation })
     }
@@ -190,14 +204,24 @@ impl Authenticator {
     ) -> Result<Option<BasicCredentials>, RegistryError> {
         if refresh || !state.credentials_loaded {
             state.credentials = self.provider.credentials(refresh).await?;
+            state.basic_header = state
+                .credentials
+                .as_ref()
+                .map(BasicCredentials::header_value);
             state.credentials_loaded = true;
         }
         Ok(state.credentials.clone())
     }
 
-    /// Reacts to a 401. Returns `Ok(true)` when the request should be tried again with new
-    /// authorization, `Ok(false)` when nothing more can be done.
-    pub async fn on_unauthorized(
+    /// Reacts to a refusal of the credentials (a 401, or a 403 that says so). Returns
+    /// `Ok(true)` when the request should be tried again with new authorization, `Ok(false)`
+    /// when nothing more can be done.
+    ///
+    /// Credentials are minted again once per refusal: a request refused again after that
+    /// (`already_refreshed`), or any request refused with credentials fresh from a re-mint
+    /// that the registry never accepted, is final. Credentials that worked and are refused
+    /// later have expired (a push longer than the ECR token), and are minted again.
+    pub async fn on_refused(
         &self,
         http: &reqwest::Client,
         challenge_header: Option<&str>,
@@ -210,11 +234,16 @@ impl Authenticator {
             // Someone else already renewed the authorization since this request was sent.
             return Ok(true);
         }
+        if state.reminted == Some(sent.generation)
+            && self.accepted.load(Ordering::Relaxed) <= sent.generation
+        {
+            return Ok(false);
+        }
         let challenge = challenge_header.and_then(Challenge::parse);
         if let Some(challenge) = &challenge {
             state.challenge = Some(challenge.clone());
         }
-        let retry = match state.challenge.clone() {
+        let (retry, reminted) = match state.challenge.clone() {
             Some(Challenge::Bearer {
                 realm,
                 service,
@@ -235,17 +264,22 @@ impl Authenticator {
                     credentials.as_ref(),
                 )
                 .await?;
-                state.bearer.insert(scope.to_owned(), token);
-                true
+                let header = Secret::derived(format!("Bearer {}", token.expose()));
+                state.bearer.insert(scope.to_owned(), header);
+                (true, had_token)
             }
             Some(Challenge::Basic) | None => {
                 // Retry only with credentials newer than the refused ones (an ECR token or role
                 // session that expired mid-push is minted again by the provider).
-                !(sent.header.is_none() || already_refreshed)
-                    && self.credentials(&mut state, true).await?.is_some()
+                let remint = !(sent.header.is_none() || already_refreshed);
+                let retry = remint && self.credentials(&mut state, true).await?.is_some();
+                (retry, remint)
             }
         };
         state.generation += 1;
+        if reminted {
+            state.reminted = Some(state.generation);
+        }
         Ok(retry)
     }
 }
@@ -289,6 +323,7 @@ async fn fetch_token(
         return Err(RegistryError::Unauthorized {
             operation: operation.into(),
             status: status.as_u16(),
+            said: String::new(),
             hint: if credentials.is_some() {
                 "the token service refused the user name and password".into()
             } else {
@@ -415,6 +450,97 @@ mod tests {
             "the encoded Basic header is shown"
         );
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    /// Credentials that count how often they were minted again.
+    struct Minting(std::sync::Arc<AtomicU64>);
+
+    impl CredentialProvider for Minting {
+        fn credentials(
+            &self,
+            refresh: bool,
+        ) -> BoxFuture<'_, Result<Option<BasicCredentials>, RegistryError>> {
+            if refresh {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+            let n = self.0.load(Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(Some(BasicCredentials {
+                    username: "AWS".into(),
+                    password: Secret::new(format!("password-{n}")),
+                }))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_are_minted_again_once_per_refusal() {
+        let http = reqwest::Client::new();
+        let scope = "repository:a:pull,push";
+        let basic = Some(r#"Basic realm="ecr""#);
+        let minted = std::sync::Arc::new(AtomicU64::new(0));
+        let auth = Authenticator::new(Box::new(Minting(std::sync::Arc::clone(&minted))));
+
+        // Credentials that worked, then are refused (expired): minted again, and retried.
+        let first = auth.authorization(scope).await.unwrap();
+        auth.accepted(&first);
+        assert!(
+            auth.on_refused(&http, basic, scope, &first, false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(minted.load(Ordering::SeqCst), 1);
+        let second = auth.authorization(scope).await.unwrap();
+        assert_ne!(
+            first.header.as_ref().unwrap().expose(),
+            second.header.as_ref().unwrap().expose()
+        );
+
+        // Another request refused with the old ones: retried with the new, not minted again.
+        assert!(
+            auth.on_refused(&http, basic, scope, &first, false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(minted.load(Ordering::SeqCst), 1);
+
+        // The new ones refused before the registry ever took them: final, for every request.
+        assert!(
+            !auth
+                .on_refused(&http, basic, scope, &second, true)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !auth
+                .on_refused(&http, basic, scope, &second, false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(minted.load(Ordering::SeqCst), 1);
+
+        // Had they worked for a while, a later refusal (they expired too) mints again.
+        auth.accepted(&second);
+        assert!(
+            auth.on_refused(&http, basic, scope, &second, false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(minted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn anonymous_requests_are_not_retried_after_a_refusal() {
+        let http = reqwest::Client::new();
+        let auth = Authenticator::new(Box::new(StaticCredentials(None)));
+        let sent = auth.authorization("repository:a:pull,push").await.unwrap();
+        assert!(sent.header.is_none());
+        assert!(
+            !auth
+                .on_refused(&http, None, "repository:a:pull,push", &sent, false)
+                .await
+                .unwrap()
+        );
     }
 
     #[test]

@@ -41,10 +41,12 @@ const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub enum RegistryError {
     #[error("{operation}: cannot reach the registry ({message})")]
     Transport { operation: String, message: String },
-    #[error("{operation}: the registry refused the credentials (HTTP {status}); {hint}")]
+    #[error("{operation}: the registry refused the credentials (HTTP {status}){}; {hint}", if said.is_empty() { String::new() } else { format!(": {said}") })]
     Unauthorized {
         operation: String,
         status: u16,
+        /// The registry's own words (`DENIED: Your authorization token has expired.`), if any.
+        said: String,
         hint: String,
     },
     #[error("{operation}: the registry answered HTTP {status}{}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(), if message.is_empty() { String::new() } else { format!(": {message}") })]
@@ -350,19 +352,16 @@ impl Client {
             let authorization = self.auth.authorization(scope).await?;
             let result = with_auth(build(), &authorization).send().await;
             let delay = match result {
-                Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                Ok(response) if may_refuse(&response) => {
+                    let refusal = Refusal::of(operation, response, &authorization).await?;
                     if self
-                        .handle_unauthorized(&response, scope, &authorization, refreshed)
+                        .handle_refusal(&refusal, scope, &authorization, refreshed)
                         .await?
                     {
                         refreshed = true;
                         continue;
                     }
-                    return Err(unauthorized(
-                        operation,
-                        &response,
-                        authorization.header.is_some(),
-                    ));
+                    return Err(refusal.into_error(operation, &authorization));
                 }
                 Ok(response) if retry::is_retryable_status(response.status()) => {
                     let asked = retry::retry_after(response.headers());
@@ -375,7 +374,10 @@ impl Client {
                         }
                     }
                 }
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    self.auth.accepted(&authorization);
+                    return Ok(response);
+                }
                 Err(error) if !is_transient_transport(&error) => {
                     return Err(RegistryError::refused(operation, &error));
                 }
@@ -392,19 +394,22 @@ impl Client {
         }
     }
 
-    async fn handle_unauthorized(
+    /// Whether the request that was refused should be sent again, with new authorization.
+    async fn handle_refusal(
         &self,
-        response: &Response,
+        refusal: &Refusal,
         scope: &str,
         sent: &Authorization,
         already_refreshed: bool,
     ) -> Result<bool, RegistryError> {
-        let challenge = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok());
         self.auth
-            .on_unauthorized(&self.http, challenge, scope, sent, already_refreshed)
+            .on_refused(
+                &self.http,
+                refusal.challenge.as_deref(),
+                scope,
+                sent,
+                already_refreshed,
+            )
             .await
     }
 
@@ -535,20 +540,10 @@ impl Client {
                 return Err(Attempt::from_registry(error));
             }
         };
+        let response = self
+            .unless_refused(&operation, response, scope, &authorization, refreshed)
+            .await?;
         match response.status() {
-            StatusCode::UNAUTHORIZED => {
-                return if self
-                    .handle_unauthorized(&response, scope, &authorization, refreshed)
-                    .await
-                    .map_err(Attempt::from_registry)?
-                {
-                    Err(Attempt::Reauthorized)
-                } else {
-                    Err(Attempt::Final(
-                        unauthorized(&operation, &response, authorization.header.is_some()).into(),
-                    ))
-                };
-            }
             // ECR answers 201 where the spec says 202; some registries 204.
             StatusCode::ACCEPTED | StatusCode::CREATED | StatusCode::NO_CONTENT => {}
             _ => {
@@ -571,8 +566,40 @@ impl Client {
             self.abandon(&location, scope).await;
             return Err(Attempt::Final(UploadError::Refused(refused)));
         }
-        self.commit(repository, scope, location, &streamed).await?;
+        self.commit(repository, scope, location, &streamed, refreshed)
+            .await?;
         Ok(streamed)
+    }
+
+    /// The answer to a request of an upload session, unless it refuses the credentials: then
+    /// the upload is started again with new ones ([`Attempt::Reauthorized`]) or, if that was
+    /// tried already, fails.
+    async fn unless_refused<E>(
+        &self,
+        operation: &str,
+        response: Response,
+        scope: &str,
+        authorization: &Authorization,
+        refreshed: bool,
+    ) -> Result<Response, Attempt<E>> {
+        if !may_refuse(&response) {
+            self.auth.accepted(authorization);
+            return Ok(response);
+        }
+        let refusal = Refusal::of(operation, response, authorization)
+            .await
+            .map_err(|error| Attempt::from_session(error, None))?;
+        if self
+            .handle_refusal(&refusal, scope, authorization, refreshed)
+            .await
+            .map_err(Attempt::from_registry)?
+        {
+            Err(Attempt::Reauthorized)
+        } else {
+            Err(Attempt::Final(
+                refusal.into_error(operation, authorization).into(),
+            ))
+        }
     }
 
     /// Sends a streaming request and waits for its answer, failing the attempt when nothing
@@ -622,6 +649,7 @@ impl Client {
         scope: &str,
         mut location: Url,
         streamed: &Streamed,
+        refreshed: bool,
     ) -> Result<(), Attempt<E>> {
         let digest = &streamed.sent.digest;
         location
@@ -655,6 +683,9 @@ impl Client {
                 ));
             }
         };
+        let response = self
+            .unless_refused(&operation, response, scope, &authorization, refreshed)
+            .await?;
         if !matches!(
             response.status(),
             StatusCode::CREATED | StatusCode::ACCEPTED | StatusCode::NO_CONTENT
@@ -1023,16 +1054,87 @@ fn with_auth(request: RequestBuilder, authorization: &Authorization) -> RequestB
     }
 }
 
-fn unauthorized(operation: &str, response: &Response, sent_credentials: bool) -> RegistryError {
-    RegistryError::Unauthorized {
-        operation: operation.to_owned(),
-        status: response.status().as_u16(),
-        hint: if sent_credentials {
-            "check the user name and password (or the AWS role's ECR permissions)".into()
-        } else {
-            "the registry needs credentials: pass --username and set ECR_PUSH_PASSWORD".into()
-        },
+/// Whether an answer may be a refusal of the credentials (see [`Refusal`]).
+fn may_refuse(response: &Response) -> bool {
+    matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    )
+}
+
+/// The registry refused the credentials: every 401, and a 403 to a request that carried
+/// credentials whose error says they were denied or expired. ECR answers an expired
+/// authorization token with 403 `DENIED` "Your authorization token has expired"
+/// (<https://docs.aws.amazon.com/AmazonECR/latest/userguide/common-errors-docker.html>), so a
+/// 403 is worth one try with credentials minted again, as a 401 is.
+struct Refusal {
+    status: u16,
+    /// `WWW-Authenticate`, if the registry sent one.
+    challenge: Option<String>,
+    /// The registry's code and message, for the error if the refusal stands.
+    said: String,
+}
+
+impl Refusal {
+    /// Reads a 401 or 403. A 403 that is not about the credentials is an ordinary error (its
+    /// body had to be read to tell).
+    async fn of(
+        operation: &str,
+        response: Response,
+        sent: &Authorization,
+    ) -> Result<Self, RegistryError> {
+        let status = response.status();
+        // With no credentials sent, a 403 refuses the request, not credentials.
+        if status == StatusCode::FORBIDDEN && sent.header.is_none() {
+            return Err(RegistryError::from_response(operation, response).await);
+        }
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+        let (code, message) = parse_error_body(&body);
+        if status == StatusCode::FORBIDDEN && !refuses_credentials(code.as_deref(), &message) {
+            return Err(RegistryError::Status {
+                operation: operation.to_owned(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        let said = match (code, message.is_empty()) {
+            (Some(code), false) => format!("{code}: {message}"),
+            (Some(code), true) => code,
+            (None, _) => message,
+        };
+        Ok(Self {
+            status: status.as_u16(),
+            challenge,
+            said,
+        })
     }
+
+    /// The final error, when the refusal stands.
+    fn into_error(self, operation: &str, sent: &Authorization) -> RegistryError {
+        RegistryError::Unauthorized {
+            operation: operation.to_owned(),
+            status: self.status,
+            said: self.said,
+            hint: if sent.header.is_some() {
+                "check the user name and password (or the AWS role's ECR permissions)".into()
+            } else {
+                "the registry needs credentials: pass --username and set ECR_PUSH_PASSWORD".into()
+            },
+        }
+    }
+}
+
+/// Whether a 403's error says the credentials were refused: ECR's `DENIED` (an expired token,
+/// or a principal without the permission), or any message about expiry.
+fn refuses_credentials(code: Option<&str>, message: &str) -> bool {
+    matches!(code, Some("DENIED" | "UNAUTHORIZED"))
+        || message.to_ascii_lowercase().contains("expired")
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -1111,6 +1213,25 @@ mod tests {
         );
         assert!(!c.location_allowed(&Url::parse("https://[::1]/x").unwrap()));
         assert!(!c.location_allowed(&Url::parse("https://localhost/x").unwrap()));
+    }
+
+    #[test]
+    fn forbidden_answers_that_refuse_the_credentials() {
+        // ECR, for an expired authorization token and for a principal without permission.
+        assert!(refuses_credentials(
+            Some("DENIED"),
+            "Your authorization token has expired. Reauthenticate and try again."
+        ));
+        assert!(refuses_credentials(
+            Some("DENIED"),
+            "User: arn:aws:sts::1:assumed-role/ci/s is not authorized to perform: ecr:InitiateLayerUpload"
+        ));
+        assert!(refuses_credentials(None, "token expired"));
+        assert!(!refuses_credentials(
+            Some("NAME_UNKNOWN"),
+            "repository not known"
+        ));
+        assert!(!refuses_credentials(None, "Forbidden"));
     }
 
     #[test]

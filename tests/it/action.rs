@@ -471,6 +471,8 @@ fn action_step_pushes_to_ecr_and_writes_outputs_and_summary() {
             step.summary
         );
     }
+    assert_all_blobs_uploaded(&step.summary, &reference, registry.skopeo_creds());
+    assert_duration_row(&step.summary, &metadata);
 
     assert_repository_settings(&moto, policy_text);
 
@@ -550,18 +552,23 @@ fn action_step_with_binary_path_and_only_the_required_inputs() {
     let registry = Registry::start();
     let data = tempfile::tempdir().unwrap();
     let layout = data.path().join("layout");
-    let facts = images::oci_layout(&layout, &TestImage::new("plain").seed(3));
+    let platforms = ["linux/amd64", "linux/arm64"];
+    let facts = images::oci_layout_multi(
+        &layout,
+        &platforms.map(|p| TestImage::new("plain").seed(3).platform(p)),
+    );
     let binary = test_binary();
+    let inputs = [
+        ("image", layout.to_str().unwrap()),
+        ("repository", "plain/app"),
+        ("registry", &registry.url()),
+        ("binary-path", binary.to_str().unwrap()),
+    ];
 
     // Checked out without dist/ binaries, as on the main branch: binary-path is what runs.
     let step = run_step(
         ActionCheckout::new().path(),
-        &[
-            ("image", layout.to_str().unwrap()),
-            ("repository", "plain/app"),
-            ("registry", &registry.url()),
-            ("binary-path", binary.to_str().unwrap()),
-        ],
+        &inputs,
         &[("GITHUB_SHA".into(), SHA.into())],
     );
     step.run.success();
@@ -584,7 +591,153 @@ fn action_step_with_binary_path_and_only_the_required_inputs() {
         "no ECR outputs for a plain registry: {:?}",
         step.outputs
     );
-    assert!(step.summary.contains(&facts.digest), "{}", step.summary);
+
+    // The summary: each platform with its manifest, every blob uploaded once (the configs and
+    // layers in the layout: every blob but the index and the manifests), and the duration.
+    let summary = &step.summary;
+    assert!(summary.contains(&facts.digest), "{summary}");
+    let platform_row = summary_row(summary, "Platforms");
+    assert_eq!(facts.platforms.len(), 2);
+    for (platform, manifest, _config) in &facts.platforms {
+        assert!(
+            platform_row.contains(&format!("{platform} (`{}`)", &manifest[..19])),
+            "{platform} {manifest} in {platform_row}"
+        );
+    }
+    let mut blob_sizes = Vec::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let digest = format!("sha256:{}", entry.file_name().to_str().unwrap());
+        let document = digest == facts.digest || facts.platforms.iter().any(|p| p.1 == digest);
+        if !document {
+            blob_sizes.push(entry.metadata().unwrap().len());
+        }
+    }
+    assert_eq!(
+        summary_row(summary, "Blobs"),
+        format!(
+            "{} uploaded ({}), 0 already in the registry",
+            blob_sizes.len(),
+            human_bytes(blob_sizes.iter().sum())
+        )
+    );
+    assert_duration_row(summary, &metadata);
+
+    // The same image again: nothing uploaded, every blob found in the registry.
+    let again = run_step(
+        ActionCheckout::new().path(),
+        &inputs,
+        &[("GITHUB_SHA".into(), SHA.into())],
+    );
+    again.run.success();
+    assert_eq!(
+        summary_row(&again.summary, "Blobs"),
+        format!(
+            "0 uploaded (0 B), {} already in the registry",
+            blob_sizes.len()
+        )
+    );
+}
+
+/// The summary's Blobs row: every blob the manifest at `reference` names (as skopeo reads it
+/// back) was uploaded, with their sizes, none skipped.
+#[track_caller]
+fn assert_all_blobs_uploaded(summary: &str, reference: &str, creds: Option<(&str, &str)>) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&skopeo::inspect_raw(reference, creds)).unwrap();
+    let sizes: Vec<u64> = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|descriptor| descriptor["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        summary_row(summary, "Blobs"),
+        format!(
+            "{} uploaded ({}), 0 already in the registry",
+            sizes.len(),
+            human_bytes(sizes.iter().sum())
+        )
+    );
+}
+
+/// The value of the step summary's `| <name> | <value> |` row.
+#[track_caller]
+fn summary_row(summary: &str, name: &str) -> String {
+    let prefix = format!("| {name} | ");
+    let rows: Vec<&str> = summary
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 1, "one {name} row in:\n{summary}");
+    rows[0]
+        .strip_suffix(" |")
+        .unwrap_or_else(|| panic!("a table row: {}", rows[0]))
+        .to_owned()
+}
+
+/// The Duration row says the report's duration, in seconds with one decimal.
+#[track_caller]
+fn assert_duration_row(summary: &str, metadata: &serde_json::Value) {
+    let seconds = metadata["duration_seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0, "{metadata}");
+    assert_eq!(summary_row(summary, "Duration"), format!("{seconds:.1} s"));
+}
+
+/// Sizes as the summary shows them: bytes, then KiB, MiB, … with one decimal.
+fn human_bytes(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut units = ["KiB", "MiB", "GiB"].into_iter();
+    let mut unit = "B";
+    while value >= 1024.0 {
+        value /= 1024.0;
+        unit = units.next().unwrap();
+    }
+    format!("{value:.1} {unit}")
+}
+
+#[test]
+fn invalid_inputs_fail_as_usage_errors_with_an_annotation() {
+    // `jobs` is not a number: clap refuses ECR_PUSH_JOBS before anything runs.
+    let data = tempfile::tempdir().unwrap();
+    let binary = test_binary();
+    let step = run_step(
+        ActionCheckout::new().path(),
+        &[
+            ("image", data.path().to_str().unwrap()),
+            ("repository", "team/app"),
+            ("jobs", "many"),
+            ("binary-path", binary.to_str().unwrap()),
+        ],
+        &[],
+    );
+    step.run.failure(2);
+    assert_error(&step, &["invalid value 'many'", "--jobs"]);
+    assert!(
+        step.summary.contains("ecr-push failed") && step.summary.contains("'many'"),
+        "{}",
+        step.summary
+    );
+
+    // Help and the version are not failures, on GitHub neither.
+    for args in [&["--version"][..], &["push", "--help"]] {
+        let run = crate::harness::ecr_push(args, &[("GITHUB_ACTIONS", "true")]);
+        run.success();
+        assert!(
+            !run.stdout.is_empty() && !run.stderr.contains("::error"),
+            "{run:?}"
+        );
+    }
+    // Outside GitHub, the same usage error has no annotation, and still exits 2.
+    let run = crate::harness::ecr_push(["push", "x", "--repository", "a", "--jobs", "many"], &[]);
+    run.failure(2);
+    assert!(
+        run.stderr.contains("invalid value 'many'") && !run.stderr.contains("::error"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

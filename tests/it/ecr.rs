@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use base64::Engine as _;
 use serde_json::json;
 
+use crate::harness::aws_recorder::AwsRecorder;
 use crate::harness::images::{self, ImageSpec};
 use crate::harness::moto::Moto;
 use crate::harness::oidc::OidcServer;
-use crate::harness::proxy::{Action, Proxy};
+use crate::harness::proxy::{Action, Kind, Proxy};
 use crate::harness::{Registry, Run, ecr_push, skopeo};
 
 const ACCOUNT: &str = "210987654321";
@@ -56,6 +58,16 @@ impl Ecr {
 
     /// `push <source> --repository <repository>` against moto and the registry at `registry_url`.
     fn push_args(&self, source: &str, repository: &str, registry_url: &str) -> Vec<String> {
+        Self::push_args_via(source, repository, registry_url, &self.moto.url())
+    }
+
+    /// [`Ecr::push_args`] with the AWS APIs at `aws_url` (an [`AwsRecorder`] in front of moto).
+    fn push_args_via(
+        source: &str,
+        repository: &str,
+        registry_url: &str,
+        aws_url: &str,
+    ) -> Vec<String> {
         [
             "push",
             source,
@@ -68,9 +80,9 @@ impl Ecr {
             "--registry",
             registry_url,
             "--ecr-endpoint",
-            &self.moto.url(),
+            aws_url,
             "--sts-endpoint",
-            &self.moto.url(),
+            aws_url,
             "--json",
         ]
         .map(str::to_owned)
@@ -158,18 +170,40 @@ fn github_oidc_to_verified_push_with_a_new_repository() {
 
     assert_repository_settings(&ecr, "team/app", &kms_key, policy_text);
 
-    // Every secret was masked in the job log before anything else could print it.
+    // Every secret was masked in the job log before anything else could print it, once: the
+    // job's request token, the OIDC token, the session's three parts, the ECR token and the
+    // password in it. Not once per registry request.
+    let masks = add_masks(&run);
+    assert_eq!(masks.len(), 7, "{masks:#?}");
+    for secret in [
+        "request-token-for-the-job".to_owned(),
+        format!("{ACCOUNT}-auth-token"),
+        base64::engine::general_purpose::STANDARD.encode(format!("AWS:{ACCOUNT}-auth-token")),
+    ] {
+        assert!(masks.contains(&secret), "{secret} masked: {masks:#?}");
+    }
     assert!(
-        run.stderr
-            .contains(&format!("::add-mask::{ACCOUNT}-auth-token")),
-        "{}",
-        run.stderr
+        masks.iter().any(|m| m.starts_with("eyJ")),
+        "the OIDC token is masked: {masks:#?}"
     );
-    assert!(
-        run.stderr.lines().any(|l| l.starts_with("::add-mask::eyJ")),
-        "the OIDC token is masked: {}",
-        run.stderr
+}
+
+/// The values of the `::add-mask::` lines of a run, each seen once at most.
+#[track_caller]
+fn add_masks(run: &Run) -> Vec<String> {
+    let masks: Vec<String> = run
+        .stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("::add-mask::"))
+        .map(str::to_owned)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = masks.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        masks.len(),
+        "a secret masked twice: {masks:#?}"
     );
+    masks
 }
 
 /// The repository has what was asked, as the ECR API says.
@@ -278,52 +312,98 @@ fn immutable_tags_rerun_succeeds_and_conflict_fails_before_uploading() {
     );
 }
 
-#[test]
-fn expired_credentials_mid_push_are_minted_again_once() {
+/// The registry refuses the credentials in the middle of a push, as ECR does when its token
+/// expires: every layer PATCH is answered `status` (with `headers` and `body`) until a second
+/// OIDC token has been minted.
+/// The whole chain is minted again, exactly once (a second OIDC token, role session and ECR
+/// token, as the AWS API calls show), the push goes on with four jobs, and an independent
+/// client reads back the image that was built.
+fn refused_mid_push_then_minted_again_once(status: u16, headers: &[(&str, &str)], body: &str) {
     let ecr = Ecr::start();
-    // The registry "expires" the credentials after 6 requests: from then on it answers 401 until
-    // a second OIDC token has been minted, i.e. until the whole chain was renewed.
+    let aws = AwsRecorder::start(&ecr.moto.url());
     let minted = ecr.oidc.counter();
-    let requests = Arc::new(AtomicUsize::new(0));
+    let fired = Arc::new(AtomicUsize::new(0));
+    let last_refused = Arc::new(AtomicUsize::new(0));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let body = body.to_owned();
     let proxy = Proxy::start(&ecr.registry.url(), {
-        let requests = Arc::clone(&requests);
-        move |_seen| {
-            let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
-            if number > 6 && minted.load(Ordering::SeqCst) < 2 {
+        let (fired, last_refused) = (Arc::clone(&fired), Arc::clone(&last_refused));
+        move |seen| {
+            // Layers only: the config blob is tiny (and usually uploaded first).
+            let layer = seen.kind == Kind::PatchUpload && seen.content_length.unwrap_or(0) > 10_000;
+            if layer && minted.load(Ordering::SeqCst) < 2 {
+                fired.fetch_add(1, Ordering::SeqCst);
+                last_refused.fetch_max(seen.number, Ordering::SeqCst);
                 return Action::Respond {
-                    status: 401,
-                    headers: vec![("WWW-Authenticate".into(), r#"Basic realm="ecr""#.into())],
-                    body: r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired."}]}"#.into(),
+                    status,
+                    headers: headers.clone(),
+                    body: body.clone(),
                 };
             }
             Action::Forward
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let facts = images::oci_layout(dir.path(), &ImageSpec::new("long").layers(5));
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("long").layers(6));
     let run = ecr.run(
-        &ecr.push_args(dir.path().to_str().unwrap(), "team/long", &proxy.url()),
-        &strings(&["--jobs", "1"]),
+        &Ecr::push_args_via(
+            dir.path().to_str().unwrap(),
+            "team/long",
+            &proxy.url(),
+            &aws.url(),
+        ),
+        &strings(&["--jobs", "4"]),
         &ecr.github_env(),
     );
     run.success();
+    let refused = fired.load(Ordering::SeqCst);
+    assert!(refused >= 1, "the registry refused a layer upload");
+
+    // The chain, minted again once: OIDC token, role session, ECR token.
+    assert_eq!(ecr.oidc.minted(), 2, "{}", run.stderr);
+    assert_eq!(aws.count("AssumeRoleWithWebIdentity"), 2);
+    assert_eq!(aws.count("GetAuthorizationToken"), 2);
+    // Each refused upload was started again, nothing else was, and uploads went on after the
+    // last refusal.
+    let blobs = facts.layer_digests.len() + 1;
+    assert_eq!(proxy.count(Kind::PatchUpload), blobs + refused);
+    let last_refused = last_refused.load(Ordering::SeqCst);
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.kind == Kind::PatchUpload && s.number > last_refused),
+        "an upload after the renewal"
+    );
+
     assert_eq!(run.field("digest"), facts.digest);
-    assert_eq!(
-        ecr.oidc.minted(),
-        2,
-        "a new OIDC token, role session and ECR token, once"
+    let reference = format!("{}/team/long:{SHA}", ecr.registry.host());
+    assert_eq!(skopeo::remote_digest(&reference, ecr.creds()), facts.digest);
+
+    // The new OIDC token and role session were masked; the ECR token, the same again (moto
+    // always gives the same), not twice.
+    assert_eq!(add_masks(&run).len(), 7 + 4);
+}
+
+#[test]
+fn a_401_mid_push_mints_the_chain_again_once() {
+    refused_mid_push_then_minted_again_once(
+        401,
+        &[("WWW-Authenticate", r#"Basic realm="ecr""#)],
+        "",
     );
-    assert!(
-        proxy.seen().iter().any(|s| s.number == 7),
-        "the registry refused the old credentials"
-    );
-    assert!(
-        requests.load(Ordering::SeqCst) > 8,
-        "and the push went on after the renewal"
-    );
-    assert_eq!(
-        ecr.registry.manifest_digest("team/long", SHA).as_deref(),
-        Some(facts.digest.as_str())
+}
+
+#[test]
+fn ecr_expired_token_403_mid_push_mints_the_chain_again_once() {
+    // ECR's answer to an expired authorization token.
+    refused_mid_push_then_minted_again_once(
+        403,
+        &[("Content-Type", "application/json")],
+        r#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#,
     );
 }
 
@@ -424,6 +504,144 @@ fn gitlab_id_token_from_an_env_var_and_token_file() {
     );
     run.success();
     assert_eq!(ecr.oidc.minted(), 0, "no GitHub token was involved");
+}
+
+/// The claims of a JWT (unverified), as STS would read them.
+fn jwt_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[test]
+fn role_session_flags_audience_and_registry_id_reach_aws() {
+    const OTHER: &str = "111111111111";
+    let ecr = Ecr::start();
+    let aws = AwsRecorder::start(&ecr.moto.url());
+    // An ECR token is good for every registry the role may use: the role's, for OTHER's.
+    let registry = &ecr.registry;
+    let dir = tempfile::tempdir().unwrap();
+    let facts = images::oci_layout(dir.path(), &ImageSpec::new("flags"));
+    let run = ecr.run(
+        &Ecr::push_args_via(
+            dir.path().to_str().unwrap(),
+            "team/flags",
+            &registry.url(),
+            &aws.url(),
+        ),
+        &strings(&[
+            "--registry-id",
+            OTHER,
+            "--role-session-name",
+            "release-42",
+            "--role-duration-seconds",
+            "1800",
+            "--audience",
+            "custom-audience",
+        ]),
+        &ecr.github_env(),
+    );
+    run.success();
+    let report = run.json();
+    assert_eq!(report["registry_id"], OTHER);
+    assert!(
+        report["repository_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{OTHER}.dkr.ecr.{REGION}.")),
+        "{report}"
+    );
+    assert_eq!(
+        skopeo::remote_digest(
+            &format!("{}/team/flags:{SHA}", registry.host()),
+            registry.skopeo_creds()
+        ),
+        facts.digest
+    );
+
+    let assumed = aws.calls_of("AssumeRoleWithWebIdentity");
+    assert_eq!(assumed.len(), 1);
+    let params = &assumed[0].params;
+    assert_eq!(params["RoleArn"], Ecr::role().as_str());
+    assert_eq!(params["RoleSessionName"], "release-42");
+    assert_eq!(params["DurationSeconds"], "1800");
+    // The audience GitHub was asked for is the token's.
+    let claims = jwt_claims(params["WebIdentityToken"].as_str().unwrap());
+    assert_eq!(claims["aud"], "custom-audience");
+    assert_eq!(claims["sub"], SUBJECT);
+
+    assert_eq!(aws.count("GetAuthorizationToken"), 1);
+    // The repository is looked up and created in registry OTHER, not the role's.
+    for action in ["DescribeRepositories", "CreateRepository"] {
+        let calls = aws.calls_of(action);
+        assert!(!calls.is_empty(), "{action} called");
+        assert!(
+            calls.iter().all(|c| c.params["registryId"] == OTHER),
+            "{action} in registry {OTHER}: {calls:?}"
+        );
+    }
+}
+
+#[test]
+fn token_file_flag_and_endpoint_variables() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layout");
+    images::oci_layout(&source, &ImageSpec::new("endpoints"));
+    let token = crate::harness::oidc::jwt("file-subject", "sts.amazonaws.com", 7);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    // No --ecr-endpoint or --sts-endpoint: the endpoints come from the environment.
+    let args = |tag: &str| {
+        strings(&[
+            "push",
+            source.to_str().unwrap(),
+            "--repository",
+            "team/endpoints",
+            "--tag",
+            tag,
+            "--region",
+            REGION,
+            "--role-arn",
+            &Ecr::role(),
+            "--registry",
+            &ecr.registry.url(),
+            "--web-identity-token-file",
+            token_file.to_str().unwrap(),
+            "--json",
+        ])
+    };
+
+    // One variable per service; the token file wins over GitHub's OIDC token.
+    let (sts, api) = (
+        AwsRecorder::start(&ecr.moto.url()),
+        AwsRecorder::start(&ecr.moto.url()),
+    );
+    let mut env = ecr.github_env();
+    env.push(("AWS_ENDPOINT_URL_STS".into(), sts.url()));
+    env.push(("AWS_ENDPOINT_URL_ECR".into(), api.url()));
+    ecr.run(&args("v1"), &[], &env).success();
+    assert_eq!(
+        ecr.oidc.minted(),
+        0,
+        "the token file was used, not GitHub's"
+    );
+    let assumed = sts.calls_of("AssumeRoleWithWebIdentity");
+    assert_eq!(assumed.len(), 1);
+    assert_eq!(assumed[0].params["WebIdentityToken"], token.as_str());
+    assert_eq!(sts.count("GetAuthorizationToken"), 0);
+    assert_eq!(api.count("GetAuthorizationToken"), 1);
+    assert_eq!(api.count("AssumeRoleWithWebIdentity"), 0);
+
+    // One variable for every service.
+    let both = AwsRecorder::start(&ecr.moto.url());
+    let env = vec![("AWS_ENDPOINT_URL".to_owned(), both.url())];
+    ecr.run(&args("v2"), &[], &env).success();
+    assert_eq!(both.count("AssumeRoleWithWebIdentity"), 1);
+    assert_eq!(both.count("GetAuthorizationToken"), 1);
+    assert_eq!(ecr.registry.tags("team/endpoints").len(), 2);
 }
 
 #[test]

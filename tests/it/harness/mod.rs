@@ -8,6 +8,7 @@
 //! The harness is itself tested against the real tools in `harness_selftest`: skopeo reads every
 //! generated format and agrees with every digest the generators report.
 
+pub mod aws_recorder;
 pub mod images;
 pub mod moto;
 pub mod oidc;

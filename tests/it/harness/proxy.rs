@@ -96,6 +96,8 @@ pub struct Seen {
     /// Path and query.
     pub target: String,
     pub authorization: Option<String>,
+    /// The request's `Content-Length`, if it sent one (blob uploads do).
+    pub content_length: Option<u64>,
     pub kind: Kind,
     /// When the proxy received it.
     pub at: Instant,
@@ -504,6 +506,11 @@ async fn handle(
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            content_length: request
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
             at: Instant::now(),
         };
         all.push(seen.clone());
