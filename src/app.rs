@@ -899,9 +899,12 @@ async fn read_source(settings: &PushSettings) -> Result<SourceImage, Failure> {
     let path = settings.source.clone();
     let selection = settings.selection.clone();
     let temp_dir = settings.temp_dir.clone();
-    let image = tokio::task::spawn_blocking(move || source::open(&path, &selection, &temp_dir))
-        .await
-        .map_err(|e| SourceError::Invalid(format!("reading the source failed: {e}")))??;
+    let compression = settings.compression;
+    let image = tokio::task::spawn_blocking(move || {
+        source::open(&path, &selection, &temp_dir, compression)
+    })
+    .await
+    .map_err(|e| SourceError::Invalid(format!("reading the source failed: {e}")))??;
     Ok(image)
 }
 

@@ -33,6 +33,12 @@ pub enum BlobSource {
         offset: u64,
         len: u64,
     },
+    /// An uncompressed layer (a `FileRange`) some of whose compressed chunks were made ahead of
+    /// time, while the archive holding it was decompressed.
+    Prepared {
+        range: Box<BlobSource>,
+        chunks: Arc<crate::compress::PreparedChunks>,
+    },
 }
 
 impl fmt::Debug for BlobSource {
@@ -40,6 +46,7 @@ impl fmt::Debug for BlobSource {
         match self {
             Self::Memory(bytes) => write!(f, "Memory({} bytes)", bytes.len()),
             Self::FileRange { offset, len, .. } => write!(f, "FileRange({offset}+{len})"),
+            Self::Prepared { range, chunks } => write!(f, "{range:?} with {chunks:?}"),
         }
     }
 }
@@ -49,6 +56,15 @@ impl BlobSource {
         match self {
             Self::Memory(bytes) => bytes.len() as u64,
             Self::FileRange { len, .. } => *len,
+            Self::Prepared { range, .. } => range.len(),
+        }
+    }
+
+    /// Compressed chunks of this (uncompressed) blob made ahead of time, if any.
+    pub fn prepared_chunks(&self) -> Option<&crate::compress::PreparedChunks> {
+        match self {
+            Self::Prepared { chunks, .. } => Some(chunks),
+            Self::Memory(_) | Self::FileRange { .. } => None,
         }
     }
 
@@ -65,6 +81,7 @@ impl BlobSource {
                 position: *offset,
                 end: offset + len,
             }),
+            Self::Prepared { range, .. } => range.open(),
         }
     }
 
@@ -84,6 +101,7 @@ impl BlobSource {
                 self.open().read_to_end(&mut buffer)?;
                 Ok(buffer.into())
             }
+            Self::Prepared { range, .. } => range.read_all(),
         }
     }
 }
@@ -200,13 +218,21 @@ impl Compression {
         }
     }
 
-    /// Compresses `input` into `output`, deterministically (see `compress`).
-    pub(crate) fn compress(self, input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
-        let codec = match self {
+    pub(crate) fn codec(self) -> crate::compress::Codec {
+        match self {
             Self::Gzip { level } => crate::compress::Codec::Gzip(i32::try_from(level).unwrap_or(1)),
             Self::Zstd { level } => crate::compress::Codec::Zstd(level),
-        };
-        crate::compress::compress(codec, input, output)
+        }
+    }
+
+    /// Compresses `input`, which is `source` opened, using the chunks of it already compressed.
+    pub(crate) fn compress_source(
+        self,
+        source: &BlobSource,
+        input: &mut dyn Read,
+        output: &mut dyn Write,
+    ) -> io::Result<()> {
+        crate::compress::compress_prepared(self.codec(), input, source.prepared_chunks(), output)
     }
 }
 
@@ -250,7 +276,7 @@ fn pump(
 ) -> io::Result<Streamed> {
     let mut input = HashingReader::new(source.open());
     let uncompressed = if let Some(codec) = compression {
-        codec.compress(&mut input, sink)?;
+        codec.compress_source(source, &mut input, sink)?;
         Some(input.finish())
     } else {
         io::copy(&mut input, sink)?;
@@ -364,7 +390,7 @@ mod tests {
 
     fn compress_to_vec(codec: Compression, input: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        codec.compress(&mut &input[..], &mut out).unwrap();
+        crate::compress::compress(codec.codec(), &mut &input[..], &mut out).unwrap();
         out
     }
 

@@ -399,7 +399,7 @@ fn compress_to_temp(
     let mut input = blob::HashingReader::new(source.open());
     let mut output = HashingWriter::new(std::io::BufWriter::new(&file));
     compression
-        .compress(&mut input, &mut output)
+        .compress_source(source, &mut input, &mut output)
         .map_err(failed)?;
     let written = output.finish().map_err(failed)?;
     let read = input.finish();

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::store::Store;
+use super::store::{Store, Wrapping};
 use super::{
     Blob, ConfigSummary, ImageManifest, ImageNode, Layer, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
     ManifestSource, OCI_CONFIG, Selection, SourceError, name_matches,
@@ -144,15 +144,15 @@ fn layer(
     let head = source
         .peek(4)
         .map_err(|e| SourceError::Invalid(format!("cannot read layer {path}: {e}")))?;
-    let media_type = if head.starts_with(&[0x1f, 0x8b]) {
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-    } else {
-        return Ok(Layer::Uncompressed {
-            source,
-            diff_id: diff_id.clone(),
-        });
+    let media_type = match Wrapping::of(&head) {
+        Wrapping::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Wrapping::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Wrapping::None => {
+            return Ok(Layer::Uncompressed {
+                source,
+                diff_id: diff_id.clone(),
+            });
+        }
     };
     // Already compressed (Docker 29 saves): pushed as is. Its digest is in its path when the
     // archive uses blob paths; otherwise it has to be hashed once up front.

@@ -21,7 +21,7 @@ fn temp_file(data: &[u8]) -> std::io::Result<std::fs::File> {
 fn open_tar(data: &[u8]) -> Result<(Store, Wrapping), SourceError> {
     let path = Path::new("<fuzz input>");
     let file = temp_file(data).map_err(|e| SourceError::io(path, e))?;
-    Store::from_file(file, path, &std::env::temp_dir())
+    Store::from_file(file, path, &std::env::temp_dir(), None)
 }
 
 /// The tar index: sniffing, decompression, indexing, then every name resolved (links

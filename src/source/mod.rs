@@ -22,7 +22,7 @@ use bytes::Bytes;
 use oci_spec::image::Digest;
 use serde::Deserialize;
 
-use crate::blob::BlobSource;
+use crate::blob::{BlobSource, Compression};
 use store::{Store, Wrapping};
 
 /// The registry's limit on a manifest (ECR: 4 MiB); larger ones are refused before any upload.
@@ -259,13 +259,15 @@ pub struct Selection {
 }
 
 /// Reads the image at `path` (file or directory). Temporary data (a decompressed copy of a
-/// compressed tar) goes to `temp_dir` and is gone when the process ends.
+/// compressed tar) goes to `temp_dir` and is gone when the process ends. `compression` is how
+/// uncompressed layers will be compressed: a compressed tar's layers may be started on early.
 pub fn open(
     path: &Path,
     selection: &Selection,
     temp_dir: &Path,
+    compression: Compression,
 ) -> Result<SourceImage, SourceError> {
-    let (store, wrapping) = Store::open(path, temp_dir)?;
+    let (store, wrapping) = Store::open(path, temp_dir, Some(compression))?;
     read_store(&store, wrapping, path, selection)
 }
 
