@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::json;
 
 use crate::harness::images::{self, ImageSpec};
+use crate::harness::mirror::Mirror;
 use crate::harness::moto::Moto;
 use crate::harness::oidc::OidcServer;
 use crate::harness::proxy::{Action, Proxy};
@@ -758,22 +759,12 @@ fn several_regions_each_get_the_repository_and_the_image() {
     }
 }
 
-/// An OCI layout whose image is also known to moto's ECR API, as it would be in real ECR.
-fn image_known_to_ecr(ecr: &Ecr, dir: &std::path::Path, repository: &str) -> images::Facts {
+/// An OCI layout, and a mirror in front of the registry through which a push reaches moto's
+/// ECR API too, as a push reaches the ECR API in real ECR.
+fn scanned_image(ecr: &Ecr, dir: &std::path::Path) -> (images::Facts, Mirror) {
     let facts = images::oci_layout(dir, &ImageSpec::new("scanned"));
-    ecr.moto.ecr(
-        ACCOUNT,
-        "CreateRepository",
-        &json!({"registryId": ACCOUNT, "repositoryName": repository}),
-    );
-    let manifest = std::fs::read(
-        dir.join("blobs/sha256")
-            .join(facts.digest.trim_start_matches("sha256:")),
-    )
-    .unwrap();
-    ecr.moto
-        .put_image(ACCOUNT, repository, &manifest, images::OCI_MANIFEST, SHA);
-    facts
+    let mirror = Mirror::start(&ecr.registry.url(), &ecr.moto.url(), ACCOUNT, REGION);
+    (facts, mirror)
 }
 
 #[test]
@@ -781,7 +772,7 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
     let ecr = Ecr::start();
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let facts = image_known_to_ecr(&ecr, &layout, "team/scanned");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
     let summary = dir.path().join("summary.md");
     let output = dir.path().join("output");
     let mut env = ecr.github_env();
@@ -790,11 +781,7 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
         summary.to_str().unwrap().into(),
     ));
     env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
-    let args = ecr.push_args(
-        layout.to_str().unwrap(),
-        "team/scanned",
-        &ecr.registry.url(),
-    );
+    let args = ecr.push_args(layout.to_str().unwrap(), "team/scanned", &mirror.url());
 
     // moto's scan always finds one HIGH finding, CVE-9999-9999.
     let gated = ecr.run(
@@ -845,13 +832,14 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
         &ecr.github_env(),
     )
     .success();
+    mirror.assert_no_errors();
 }
 
 #[test]
 fn scan_findings_configured_in_the_emulator_are_counted() {
     let ecr = Ecr::start();
     let dir = tempfile::tempdir().unwrap();
-    let facts = image_known_to_ecr(&ecr, dir.path(), "team/findings");
+    let (facts, mirror) = scanned_image(&ecr, dir.path());
     let finding = |id: &str, severity: &str| {
         json!({"name": id, "severity": severity, "uri": format!("https://nvd.nist.gov/vuln/detail/{id}"),
                "attributes": [{"key": "package_name", "value": "openssl"}, {"key": "package_version", "value": "3.0.1"}]})
@@ -871,11 +859,7 @@ fn scan_findings_configured_in_the_emulator_are_counted() {
         }),
     );
     let run = ecr.run(
-        &ecr.push_args(
-            dir.path().to_str().unwrap(),
-            "team/findings",
-            &ecr.registry.url(),
-        ),
+        &ecr.push_args(dir.path().to_str().unwrap(), "team/findings", &mirror.url()),
         &strings(&["--fail-on-severity", "CRITICAL"]),
         &ecr.github_env(),
     );
