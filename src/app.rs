@@ -67,6 +67,10 @@ pub enum Failure {
     /// The image was pushed, but its scan found what `--fail-on-severity` forbids.
     #[error("{0}")]
     ScanGate(String),
+    /// The work was done in part; the printed report says what is missing (a cleanup that
+    /// could not delete some images; a scan or replication wait that failed after the push).
+    #[error("{0}")]
+    Incomplete(String),
     /// Some destinations failed; the report lists all of them.
     #[error("the push failed at {} of {} destinations: {}", failed.len(), report.destinations.len(), failed.join("; "))]
     Partial {
@@ -94,6 +98,7 @@ impl Failure {
             | Self::Aws(_)
             | Self::DockerConfig(_)
             | Self::Io(_)
+            | Self::Incomplete(_)
             | Self::Partial { .. } => exit::FAILED,
             Self::ScanGate(_) => exit::SCAN_GATE,
         }
@@ -286,18 +291,24 @@ fn login(settings: &LoginSettings) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs a repository subcommand: settings, then `work` on a runtime, then its result printed.
+/// Runs a repository subcommand: settings, then `work` on a runtime, then its result printed,
+/// then `verdict` on it (a result can be printed and still be a failure).
 fn run_ecr_command<T>(
-    common: &EcrCommandArgs,
-    repository: &str,
+    command: EcrCommand<'_>,
     env: &Env,
     work: impl AsyncFnOnce(&EcrCommandSettings) -> Result<T, Failure>,
     print: impl FnOnce(&T) -> std::io::Result<()>,
+    verdict: impl FnOnce(&T) -> Result<(), Failure>,
 ) -> (Result<(), Failure>, Option<PathBuf>)
 where
     T: serde::Serialize,
 {
-    let settings = match EcrCommandSettings::from_args(common, repository, env) {
+    let settings = match EcrCommandSettings::from_args(
+        command.common,
+        command.repository,
+        command.create_repository,
+        env,
+    ) {
         Ok(settings) => settings,
         Err(error) => return (Err(error.into()), summary_path(env)),
     };
@@ -310,9 +321,29 @@ where
             } else {
                 print(&value)
             }
-            .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))
+            .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))?;
+            verdict(&value)
         });
     (result, summary)
+}
+
+/// What every repository subcommand shares.
+#[derive(Clone, Copy)]
+struct EcrCommand<'a> {
+    common: &'a EcrCommandArgs,
+    repository: &'a str,
+    /// Whether a missing repository may be created (only `tag` into another repository).
+    create_repository: bool,
+}
+
+impl<'a> EcrCommand<'a> {
+    fn on(common: &'a EcrCommandArgs, repository: &'a str) -> Self {
+        Self {
+            common,
+            repository,
+            create_repository: false,
+        }
+    }
 }
 
 fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
@@ -325,9 +356,12 @@ fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) 
         .as_deref()
         .unwrap_or_else(|| args.image.split(['@', ':']).next().unwrap_or_default());
     let quiet = args.common.json;
+    let command = EcrCommand {
+        create_repository: args.create_repository,
+        ..EcrCommand::on(&args.common, repository)
+    };
     run_ecr_command(
-        &args.common,
-        repository,
+        command,
         env,
         async |settings| {
             let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal(quiet, "warning: "));
@@ -345,13 +379,13 @@ fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) 
             println!("{}", report.image_ref);
             Ok(())
         },
+        |_| Ok(()),
     )
 }
 
 fn run_status(args: &StatusArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::status(settings, &args.repository, args.limit).await,
         |status| {
@@ -394,13 +428,13 @@ fn run_status(args: &StatusArgs, env: &Env) -> (Result<(), Failure>, Option<Path
             println!();
             report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&status.newest))
         },
+        |_| Ok(()),
     )
 }
 
 fn run_images(args: &ImagesArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| {
             ops::list_images(
@@ -412,6 +446,7 @@ fn run_images(args: &ImagesArgs, env: &Env) -> (Result<(), Failure>, Option<Path
             .await
         },
         |images| report::print_table(&report::IMAGE_HEADERS, &report::image_rows(images)),
+        |_| Ok(()),
     )
 }
 
@@ -428,9 +463,8 @@ fn run_cleanup(args: &CleanupArgs, env: &Env) -> (Result<(), Failure>, Option<Pa
         untagged_only: args.untagged,
         dry_run: args.dry_run,
     };
-    let (result, summary) = run_ecr_command(
-        &args.common,
-        &args.repository,
+    run_ecr_command(
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::cleanup(settings, &args.repository, &rules).await,
         |report| {
@@ -440,15 +474,27 @@ fn run_cleanup(args: &CleanupArgs, env: &Env) -> (Result<(), Failure>, Option<Pa
                 "deleted"
             };
             eprintln!(
-                "{verb} {} image(s), {}; {} kept because an image index refers to them",
+                "{verb} {} image(s), {}; {} kept because an image that stays refers to them",
                 report.deleted.len(),
                 report::human_bytes(report.deleted.iter().map(|i| i.size).sum()),
                 report.protected.len()
             );
+            for failure in &report.failures {
+                eprintln!(
+                    "not deleted: {} ({}{})",
+                    failure.digest,
+                    failure
+                        .code
+                        .as_ref()
+                        .map(|c| format!("{c}: "))
+                        .unwrap_or_default(),
+                    failure.reason
+                );
+            }
             report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&report.deleted))
         },
-    );
-    (result, summary)
+        ops::CleanupReport::verdict,
+    )
 }
 
 fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
@@ -469,8 +515,7 @@ fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Optio
     };
     let preview = args.preview.then_some(policy.as_deref());
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::lifecycle(settings, &args.repository, set.as_deref(), preview).await,
         |report| {
@@ -500,6 +545,7 @@ fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Optio
             }
             Ok(())
         },
+        |_| Ok(()),
     )
 }
 

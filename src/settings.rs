@@ -444,9 +444,12 @@ pub struct EcrCommandSettings {
 }
 
 impl EcrCommandSettings {
+    /// `create_repository`: whether a missing repository may be created (only `tag`, into
+    /// another repository, ever does).
     pub fn from_args(
         args: &EcrCommandArgs,
         repository: &str,
+        create_repository: bool,
         env: &Env,
     ) -> Result<Self, UsageError> {
         validate_repository(repository)?;
@@ -455,7 +458,7 @@ impl EcrCommandSettings {
                 args.registry.as_deref(),
                 &args.aws,
                 RepositorySettings {
-                    create: true,
+                    create: create_repository,
                     ..RepositorySettings::default()
                 },
                 env,

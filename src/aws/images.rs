@@ -1,8 +1,9 @@
 //! Images in an ECR repository, through the ECR API: listing (all pages), deleting in batches,
 //! the children of image indexes (which must never be deleted while their index is kept),
-//! lifecycle policy previews, and replication status.
+//! lifecycle policy previews, and replication status (against the registry's replication
+//! rules).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecr::types::{
@@ -13,7 +14,7 @@ use serde::Serialize;
 use super::{AwsError, api_error};
 
 /// One image of a repository.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImageInfo {
     pub digest: String,
     pub tags: Vec<String>,
@@ -111,14 +112,15 @@ fn aws_smithy_types_secs(time: &aws_sdk_ecr::primitives::DateTime) -> f64 {
     time.as_secs_f64()
 }
 
-/// The manifests an image index refers to (platform images, attestations).
+/// The manifests each image index refers to (platform images, attestations, nested indexes),
+/// by the index's digest.
 pub async fn index_children(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
     repository: &str,
     digests: &[String],
-) -> Result<HashSet<String>, AwsError> {
-    let mut children = HashSet::new();
+) -> Result<HashMap<String, Vec<String>>, AwsError> {
+    let mut children = HashMap::new();
     for batch in digests.chunks(100) {
         let output = ecr
             .batch_get_image()
@@ -138,16 +140,21 @@ pub async fn index_children(
             .await
             .map_err(|e| api_error("ecr:BatchGetImage", Some(repository), &e))?;
         for image in output.images() {
-            let Some(manifest) = image.image_manifest() else {
+            let (Some(manifest), Some(digest)) = (
+                image.image_manifest(),
+                image.image_id().and_then(|id| id.image_digest()),
+            ) else {
                 continue;
             };
             if let Ok(index) = serde_json::from_str::<serde_json::Value>(manifest)
                 && let Some(manifests) = index["manifests"].as_array()
             {
-                children.extend(
+                children.insert(
+                    digest.to_owned(),
                     manifests
                         .iter()
-                        .filter_map(|m| m["digest"].as_str().map(str::to_owned)),
+                        .filter_map(|m| m["digest"].as_str().map(str::to_owned))
+                        .collect(),
                 );
             }
         }
@@ -155,14 +162,23 @@ pub async fn index_children(
     Ok(children)
 }
 
-/// Deletes images by digest, 100 at a time. Returns the digests ECR reported as failed, with
-/// the reason.
+/// An image `BatchDeleteImage` did not delete, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeleteFailure {
+    pub digest: String,
+    /// ECR's failure code (`ImageReferencedByManifestList`, `ImageNotFound`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub reason: String,
+}
+
+/// Deletes images by digest, 100 at a time. Returns what ECR reported as not deleted.
 pub async fn delete(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
     repository: &str,
     digests: &[String],
-) -> Result<Vec<(String, String)>, AwsError> {
+) -> Result<Vec<DeleteFailure>, AwsError> {
     let mut failures = Vec::new();
     for batch in digests.chunks(100) {
         let output = ecr
@@ -179,17 +195,18 @@ pub async fn delete(
             .await
             .map_err(|e| api_error("ecr:BatchDeleteImage", Some(repository), &e))?;
         failures.extend(output.failures().iter().map(|failure| {
-            (
-                failure
+            DeleteFailure {
+                digest: failure
                     .image_id()
                     .and_then(|id| id.image_digest())
                     .unwrap_or("?")
                     .to_owned(),
-                failure
+                code: failure.failure_code().map(|c| c.as_str().to_owned()),
+                reason: failure
                     .failure_reason()
-                    .unwrap_or("unknown reason")
+                    .unwrap_or("no reason given")
                     .to_owned(),
-            )
+            }
         }));
     }
     Ok(failures)
