@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use futures::StreamExt as _;
 use std::path::PathBuf;
@@ -582,16 +583,7 @@ pub async fn push(
     let started = Instant::now();
     let mut image = read_source(settings).await?;
     reporter.event(&Event::SourceRead {
-        description: &format!(
-            "{} ({}){}",
-            settings.source.display(),
-            image.format,
-            image
-                .name
-                .as_ref()
-                .map(|n| format!(", image {n}"))
-                .unwrap_or_default()
-        ),
+        description: &source_description(settings, &image),
     });
     if settings.targets.len() == 1 {
         let mut report = push_to(
@@ -626,6 +618,24 @@ pub async fn push(
             .collect()
             .await;
     combine(results, seconds_since(started))
+}
+
+/// `path (format)`, with the image's name and, when one image was picked out of an index, its
+/// platform.
+fn source_description(settings: &PushSettings, image: &SourceImage) -> String {
+    let mut description = format!("{} ({})", settings.source.display(), image.format);
+    if let Some(name) = &image.name {
+        let _ = write!(description, ", image {name}");
+    }
+    let narrowed = settings.selection.platform.is_some() || settings.selection.single_platform;
+    if narrowed && let source::ImageNode::Manifest(manifest) = &image.root {
+        let _ = write!(
+            description,
+            ", platform {}",
+            manifest.platform.as_deref().unwrap_or("unknown")
+        );
+    }
+    description
 }
 
 /// Destinations pushed to at the same time.

@@ -85,6 +85,7 @@ pub enum CompressionArg {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // command-line flags, each independent of the others
 pub struct PushArgs {
     /// The image: a `docker save` tar, an OCI layout directory, or an oci-archive tar;
     /// optionally gzip- or zstd-compressed (recognised by content).
@@ -118,6 +119,13 @@ pub struct PushArgs {
     /// manifest.
     #[arg(long, env = "ECR_PUSH_PLATFORM")]
     pub platform: Option<String>,
+
+    /// Push one image manifest of a multi-platform image, without the index and without
+    /// attestation manifests (for Lambda and scanners that refuse indexes): the `--platform`
+    /// one, else the only image the index holds, else the one for this runner's platform
+    /// (linux/amd64 on x86-64, linux/arm64 on aarch64).
+    #[arg(long, env = "ECR_PUSH_SINGLE_PLATFORM")]
+    pub single_platform: bool,
 
     /// Compression for layers that are uncompressed in the source (legacy docker save).
     #[arg(long, env = "ECR_PUSH_COMPRESSION", value_enum, default_value_t = CompressionArg::Gzip)]

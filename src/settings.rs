@@ -95,6 +95,8 @@ impl PushSettings {
                 .map(str::parse::<PlatformSpec>)
                 .transpose()
                 .map_err(|e| usage(format!("--platform: {e}")))?,
+            single_platform: args.single_platform,
+            runner_platform: PlatformSpec::of_this_machine(),
         };
         let targets = targets(args, env)?;
         let scan = scan_settings(args, &targets)?;
