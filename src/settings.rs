@@ -1102,6 +1102,69 @@ mod tests {
         assert!(parse_registry_url("https://x/v2/").is_err());
     }
 
+    fn aws_args(regions: &[&str], registry_ids: &[&str]) -> AwsArgs {
+        AwsArgs {
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            registry_ids: registry_ids.iter().map(|r| (*r).to_owned()).collect(),
+            role_arn: None,
+            role_session_name: None,
+            role_duration_seconds: None,
+            web_identity_token_file: None,
+            web_identity_token_env: None,
+            audience: "sts.amazonaws.com".into(),
+            ecr_endpoint: None,
+            sts_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn several_regions_and_accounts_are_every_combination() {
+        let args = aws_args(
+            &["eu-west-1", "us-east-1"],
+            &["111111111111", "222222222222"],
+        );
+        let base = aws_settings(&args, &Env::default()).unwrap();
+        let repository = RepositorySettings::default();
+        let targets = ecr_destinations(Vec::new(), 0, &args, &base, &repository).unwrap();
+        let labels: Vec<String> = targets
+            .into_iter()
+            .map(|t| Target::Ecr(Box::new(t)).label())
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                "111111111111 in eu-west-1",
+                "222222222222 in eu-west-1",
+                "111111111111 in us-east-1",
+                "222222222222 in us-east-1",
+            ]
+        );
+
+        // One --registry URL per destination, in that order; any other count is refused.
+        let urls: Vec<Url> = (0..4)
+            .map(|i| parse_registry_url(&format!("https://vpce-{i}.example")).unwrap())
+            .collect();
+        let targets = ecr_destinations(urls.clone(), 0, &args, &base, &repository).unwrap();
+        assert_eq!(
+            targets[3].registry_override.as_ref().map(Url::as_str),
+            Some("https://vpce-3.example/")
+        );
+        assert_eq!(targets[3].aws.registry_id.as_deref(), Some("222222222222"));
+        let error = ecr_destinations(urls[..3].to_vec(), 0, &args, &base, &repository)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("3 --registry URLs for 4 destinations"),
+            "{error}"
+        );
+
+        let bad = aws_args(&["eu-west-1"], &["111111111111", "12345"]);
+        let error = ecr_destinations(Vec::new(), 0, &bad, &base, &repository)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("12-digit"), "{error}");
+    }
+
     #[test]
     fn password_without_user_is_an_error() {
         let env = Env::from_pairs([(env::PASSWORD, "pw")]);

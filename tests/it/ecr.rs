@@ -868,6 +868,116 @@ fn scan_findings_configured_in_the_emulator_are_counted() {
     assert_eq!(report["scan_findings"], json!({"CRITICAL": 1, "MEDIUM": 2}));
     assert_eq!(report["scans"][0]["worst"][0]["id"], "CVE-2024-1");
     assert_eq!(report["scans"][0]["worst"][0]["package"], "openssl 3.0.1");
+    mirror.assert_no_errors();
+}
+
+#[test]
+fn a_scan_that_times_out_still_reports_the_pushed_image() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
+    // Enhanced scanning (Inspector) decides itself what it scans; moto never scans this image.
+    ecr.moto.ecr(
+        ACCOUNT,
+        "PutRegistryScanningConfiguration",
+        &json!({"scanType": "ENHANCED", "rules": []}),
+    );
+    let (summary, output) = (dir.path().join("summary.md"), dir.path().join("output"));
+    let mut env = ecr.github_env();
+    env.push((
+        "GITHUB_STEP_SUMMARY".into(),
+        summary.to_str().unwrap().into(),
+    ));
+    env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
+    let run = ecr.run(
+        &ecr.push_args(layout.to_str().unwrap(), "team/slow-scan", &mirror.url()),
+        &strings(&["--fail-on-severity", "HIGH", "--scan-timeout", "3"]),
+        &env,
+    );
+    run.failure(1);
+    assert!(
+        run.stderr.contains("pushed and verified") && run.stderr.contains("--scan-timeout"),
+        "{}",
+        run.stderr
+    );
+    // The image is there, and everything that reports it was written.
+    let report = run.json();
+    assert_eq!(report["digest"], facts.digest.as_str());
+    assert!(
+        report["scan_error"].as_str().unwrap().contains("no result"),
+        "{report}"
+    );
+    assert!(
+        report.get("scan_gate").is_none(),
+        "no verdict without a scan: {report}"
+    );
+    let outputs = parse_outputs(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(outputs["digest"], facts.digest);
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.contains(&facts.digest) && summary.contains("**failed**"),
+        "{summary}"
+    );
+    assert_eq!(
+        ecr.registry
+            .manifest_digest("team/slow-scan", SHA)
+            .as_deref(),
+        Some(facts.digest.as_str())
+    );
+    // No basic scan was started behind Inspector's back: moto still has none for the image.
+    let describe = crate::harness::moto::ecr_call(
+        &ecr.moto.url(),
+        &crate::harness::moto::access_key(&ecr.moto.url(), ACCOUNT),
+        REGION,
+        "DescribeImageScanFindings",
+        &json!({"registryId": ACCOUNT, "repositoryName": "team/slow-scan", "imageId": {"imageDigest": facts.digest}}),
+    );
+    let (_, error) = describe.expect_err("no scan was started");
+    assert!(error.contains("ScanNotFoundException"), "{error}");
+    mirror.assert_no_errors();
+}
+
+#[test]
+fn wait_replication_without_a_rule_returns_at_once_and_with_one_reports_a_failed_wait() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
+    let args = ecr.push_args(layout.to_str().unwrap(), "team/replicated", &mirror.url());
+
+    // The registry has no replication rule: nothing replicates, nothing to wait for (an empty
+    // replication status must not be taken for "complete", nor waited on).
+    let run = ecr.run(&args, &strings(&["--wait-replication"]), &ecr.github_env());
+    run.success();
+    let report = run.json();
+    assert_eq!(report["replication_status"], "not_configured", "{report}");
+    assert!(
+        run.stderr
+            .contains("no replication rule for team/replicated"),
+        "{}",
+        run.stderr
+    );
+
+    // With a rule, the wait happens; here it cannot succeed (moto does not record replication
+    // status), and the push still reports its image, then exits 1.
+    ecr.moto.ecr(
+        ACCOUNT,
+        "PutReplicationConfiguration",
+        &json!({"replicationConfiguration": {"rules": [{"destinations": [{"region": "us-east-1", "registryId": ACCOUNT}]}]}}),
+    );
+    let run = ecr.run(
+        &args,
+        &strings(&["--wait-replication", "--replication-timeout", "2"]),
+        &ecr.github_env(),
+    );
+    run.failure(1);
+    let report = run.json();
+    assert_eq!(report["digest"], facts.digest.as_str());
+    assert_eq!(report["replication_status"], "failed", "{report}");
+    assert!(report["replication_error"].is_string(), "{report}");
+    assert!(run.stderr.contains("pushed and verified"), "{}", run.stderr);
+    mirror.assert_no_errors();
 }
 
 #[test]

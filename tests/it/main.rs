@@ -6,6 +6,7 @@ mod harness;
 mod action;
 mod bad_input;
 mod ecr;
+mod fanout;
 mod faults;
 mod formats;
 mod harness_selftest;
