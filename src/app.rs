@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 
 use futures::StreamExt as _;
 use std::path::PathBuf;
@@ -67,6 +68,10 @@ pub enum Failure {
     /// The image was pushed, but its scan found what `--fail-on-severity` forbids.
     #[error("{0}")]
     ScanGate(String),
+    /// The work was done in part; the printed report says what is missing (a cleanup that
+    /// could not delete some images; a scan or replication wait that failed after the push).
+    #[error("{0}")]
+    Incomplete(String),
     /// Some destinations failed; the report lists all of them.
     #[error("the push failed at {} of {} destinations: {}", failed.len(), report.destinations.len(), failed.join("; "))]
     Partial {
@@ -94,6 +99,7 @@ impl Failure {
             | Self::Aws(_)
             | Self::DockerConfig(_)
             | Self::Io(_)
+            | Self::Incomplete(_)
             | Self::Partial { .. } => exit::FAILED,
             Self::ScanGate(_) => exit::SCAN_GATE,
         }
@@ -183,15 +189,19 @@ fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
     if settings.github_actions {
         github::end_group();
     }
-    // A partial failure still has a report (the destinations that worked): write it, then fail.
+    // An image that was pushed has a report, even when the push then failed in part (some
+    // destinations; a scan or replication wait afterwards) or the scan gate closed: write it,
+    // then fail. A failure of the work outranks the gate's verdict (exit 1, not 3).
     let (report, partial) = match result {
         Ok(report) => {
-            let gate = report
-                .scan_gate
-                .as_ref()
-                .filter(|gate| !gate.passed)
-                .map(|gate| Failure::ScanGate(gate.message()));
-            (report, gate)
+            let failure = after_push_failure(&report).or_else(|| {
+                report
+                    .scan_gate
+                    .as_ref()
+                    .filter(|gate| !gate.passed)
+                    .map(|gate| Failure::ScanGate(gate.message()))
+            });
+            (report, failure)
         }
         Err(Failure::Partial { report, failed }) => {
             let report = *report;
@@ -302,18 +312,24 @@ fn login(settings: &LoginSettings) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs a repository subcommand: settings, then `work` on a runtime, then its result printed.
+/// Runs a repository subcommand: settings, then `work` on a runtime, then its result printed,
+/// then `verdict` on it (a result can be printed and still be a failure).
 fn run_ecr_command<T>(
-    common: &EcrCommandArgs,
-    repository: &str,
+    command: EcrCommand<'_>,
     env: &Env,
     work: impl AsyncFnOnce(&EcrCommandSettings) -> Result<T, Failure>,
     print: impl FnOnce(&T) -> std::io::Result<()>,
+    verdict: impl FnOnce(&T) -> Result<(), Failure>,
 ) -> (Result<(), Failure>, Option<PathBuf>)
 where
     T: serde::Serialize,
 {
-    let settings = match EcrCommandSettings::from_args(common, repository, env) {
+    let settings = match EcrCommandSettings::from_args(
+        command.common,
+        command.repository,
+        command.create_repository,
+        env,
+    ) {
         Ok(settings) => settings,
         Err(error) => return (Err(error.into()), summary_path(env)),
     };
@@ -326,9 +342,29 @@ where
             } else {
                 print(&value)
             }
-            .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))
+            .map_err(|e| Failure::Io(format!("cannot write the result to stdout: {e}")))?;
+            verdict(&value)
         });
     (result, summary)
+}
+
+/// What every repository subcommand shares.
+#[derive(Clone, Copy)]
+struct EcrCommand<'a> {
+    common: &'a EcrCommandArgs,
+    repository: &'a str,
+    /// Whether a missing repository may be created (only `tag` into another repository).
+    create_repository: bool,
+}
+
+impl<'a> EcrCommand<'a> {
+    fn on(common: &'a EcrCommandArgs, repository: &'a str) -> Self {
+        Self {
+            common,
+            repository,
+            create_repository: false,
+        }
+    }
 }
 
 fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
@@ -341,9 +377,12 @@ fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) 
         .as_deref()
         .unwrap_or_else(|| args.image.split(['@', ':']).next().unwrap_or_default());
     let quiet = args.common.json;
+    let command = EcrCommand {
+        create_repository: args.create_repository,
+        ..EcrCommand::on(&args.common, repository)
+    };
     run_ecr_command(
-        &args.common,
-        repository,
+        command,
         env,
         async |settings| {
             let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal(quiet, "warning: "));
@@ -361,13 +400,13 @@ fn run_tag(args: &TagArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) 
             println!("{}", report.image_ref);
             Ok(())
         },
+        |_| Ok(()),
     )
 }
 
 fn run_status(args: &StatusArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::status(settings, &args.repository, args.limit).await,
         |status| {
@@ -410,13 +449,13 @@ fn run_status(args: &StatusArgs, env: &Env) -> (Result<(), Failure>, Option<Path
             println!();
             report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&status.newest))
         },
+        |_| Ok(()),
     )
 }
 
 fn run_images(args: &ImagesArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| {
             ops::list_images(
@@ -428,6 +467,7 @@ fn run_images(args: &ImagesArgs, env: &Env) -> (Result<(), Failure>, Option<Path
             .await
         },
         |images| report::print_table(&report::IMAGE_HEADERS, &report::image_rows(images)),
+        |_| Ok(()),
     )
 }
 
@@ -444,9 +484,8 @@ fn run_cleanup(args: &CleanupArgs, env: &Env) -> (Result<(), Failure>, Option<Pa
         untagged_only: args.untagged,
         dry_run: args.dry_run,
     };
-    let (result, summary) = run_ecr_command(
-        &args.common,
-        &args.repository,
+    run_ecr_command(
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::cleanup(settings, &args.repository, &rules).await,
         |report| {
@@ -456,15 +495,27 @@ fn run_cleanup(args: &CleanupArgs, env: &Env) -> (Result<(), Failure>, Option<Pa
                 "deleted"
             };
             eprintln!(
-                "{verb} {} image(s), {}; {} kept because an image index refers to them",
+                "{verb} {} image(s), {}; {} kept because an image that stays refers to them",
                 report.deleted.len(),
                 report::human_bytes(report.deleted.iter().map(|i| i.size).sum()),
                 report.protected.len()
             );
+            for failure in &report.failures {
+                eprintln!(
+                    "not deleted: {} ({}{})",
+                    failure.digest,
+                    failure
+                        .code
+                        .as_ref()
+                        .map(|c| format!("{c}: "))
+                        .unwrap_or_default(),
+                    failure.reason
+                );
+            }
             report::print_table(&report::IMAGE_HEADERS, &report::image_rows(&report.deleted))
         },
-    );
-    (result, summary)
+        ops::CleanupReport::verdict,
+    )
 }
 
 fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Option<PathBuf>) {
@@ -485,8 +536,7 @@ fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Optio
     };
     let preview = args.preview.then_some(policy.as_deref());
     run_ecr_command(
-        &args.common,
-        &args.repository,
+        EcrCommand::on(&args.common, &args.repository),
         env,
         async |settings| ops::lifecycle(settings, &args.repository, set.as_deref(), preview).await,
         |report| {
@@ -516,6 +566,7 @@ fn run_lifecycle(args: &LifecycleArgs, env: &Env) -> (Result<(), Failure>, Optio
             }
             Ok(())
         },
+        |_| Ok(()),
     )
 }
 
@@ -543,59 +594,170 @@ fn login_target(target: &EcrTarget, session: &aws::Session) -> LoginTarget {
 }
 
 /// The push command, from validated settings to the report. With several destinations the
-/// source is read (and its layers compressed) once and pushed to each in parallel; the report
-/// lists every destination, and a failure at some does not stop the others.
+/// source is read once, every destination is connected to and asked which layers it already
+/// has, then what some destination still needs is compressed once and pushed to each in
+/// parallel; the report lists every destination, and a failure at some does not stop the
+/// others.
 pub async fn push(
     settings: &PushSettings,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport, Failure> {
     let started = Instant::now();
-    let mut image = read_source(settings).await?;
+    let image = read_source(settings).await?;
     reporter.event(&Event::SourceRead {
-        description: &format!(
-            "{} ({}){}",
-            settings.source.display(),
-            image.format,
-            image
-                .name
-                .as_ref()
-                .map(|n| format!(", image {n}"))
-                .unwrap_or_default()
-        ),
+        description: &source_description(settings, &image),
     });
-    if settings.targets.len() == 1 {
-        let mut report = push_to(
-            settings,
-            &settings.targets[0],
-            &image,
-            Arc::clone(&reporter),
-        )
-        .await?;
-        report.duration_seconds = seconds_since(started);
-        return Ok(report);
-    }
+    let wanted = uncompressed_diff_ids(&image.root);
+    let mut cache = settings.cache_dir.as_deref().map(LayerCache::open);
+    let several = settings.targets.len() > 1;
 
-    if !uncompressed_diff_ids(&image.root).is_empty() {
-        let (compression, temp_dir) = (settings.compression, settings.temp_dir.clone());
-        image = tokio::task::spawn_blocking(move || {
-            push::compress_layers(image, compression, &temp_dir)
-        })
-        .await
-        .map_err(|e| Failure::Io(format!("compressing the layers failed: {e}")))??;
-    }
-    let image = &image;
-    let results: Vec<(String, Result<PushReport, Failure>)> =
-        futures::stream::iter(&settings.targets)
-            .map(|target| {
-                let label = target.label();
-                let reporter: Arc<dyn Reporter> =
-                    Arc::new(report::Prefixed::new(Arc::clone(&reporter), &label));
-                async move { (label, push_to(settings, target, image, reporter).await) }
+    // Which layers each destination has is known before anything is compressed.
+    let prepared = prepare_all(settings, &wanted, cache.as_ref(), &reporter).await;
+    let compressed = if several {
+        compress_needed(settings, &image, &wanted, &prepared).await?
+    } else {
+        // One destination compresses while it uploads, with no temporary file.
+        HashMap::new()
+    };
+
+    let results: Vec<(String, Result<Pushed, Failure>)> = {
+        let (image, compressed) = (&image, &compressed);
+        futures::stream::iter(prepared)
+            .map(|(label, reporter, prepared)| async move {
+                let result = match prepared {
+                    Ok(prepared) => {
+                        let root = push::with_compressed(&image.root, compressed, &prepared.known);
+                        push_prepared(settings, prepared, image, &root, reporter).await
+                    }
+                    Err(failure) => Err(failure),
+                };
+                (label, result)
             })
             .buffered(MAX_PARALLEL_DESTINATIONS)
             .collect()
-            .await;
-    combine(results, seconds_since(started))
+            .await
+    };
+
+    if let Some(cache) = &mut cache {
+        for (diff_id, blob) in &compressed {
+            cache.record(diff_id, &push::PushedBlob::from(blob), settings.compression);
+        }
+        for (_, result) in &results {
+            for (diff_id, blob) in result.iter().flat_map(|pushed| &pushed.compressed_layers) {
+                cache.record(diff_id, blob, settings.compression);
+            }
+        }
+        if let Err(error) = cache.save() {
+            reporter.event(&Event::Warning {
+                message: &format!("could not save the layer cache: {error}"),
+            });
+        }
+    }
+
+    let layers_compressed = compressed.len() as u64
+        + results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|pushed| pushed.report.layers_compressed)
+            .sum::<u64>();
+    let duration = seconds_since(started);
+    let results = results
+        .into_iter()
+        .map(|(label, result)| (label, result.map(|pushed| pushed.report)))
+        .collect();
+    let mut report = if several {
+        combine(results, duration)?
+    } else {
+        let mut report = results
+            .into_iter()
+            .map(|(_, result)| result)
+            .next()
+            .unwrap_or_else(|| Err(UsageError("no destination to push to".into()).into()))?;
+        report.duration_seconds = duration;
+        report
+    };
+    report.layers_compressed = layers_compressed;
+    Ok(report)
+}
+
+/// A destination connected to (or not), with its name and reporter.
+type PreparedDestination = (String, Arc<dyn Reporter>, Result<Prepared, Failure>);
+
+/// Connects to every destination (a few at a time) and finds the layers each already has.
+async fn prepare_all(
+    settings: &PushSettings,
+    wanted: &HashSet<oci_spec::image::Digest>,
+    cache: Option<&LayerCache>,
+    reporter: &Arc<dyn Reporter>,
+) -> Vec<PreparedDestination> {
+    let several = settings.targets.len() > 1;
+    futures::stream::iter(&settings.targets)
+        .map(|target| {
+            let label = target.label();
+            let reporter: Arc<dyn Reporter> = if several {
+                Arc::new(report::Prefixed::new(Arc::clone(reporter), &label))
+            } else {
+                Arc::clone(reporter)
+            };
+            async move {
+                let result =
+                    prepare(settings, target, wanted, cache, several, reporter.as_ref()).await;
+                (label, reporter, result)
+            }
+        })
+        .buffered(MAX_PARALLEL_DESTINATIONS)
+        .collect()
+        .await
+}
+
+/// Compresses, once, the layers at least one connected destination still needs, into
+/// temporary files every destination's push then reads.
+async fn compress_needed(
+    settings: &PushSettings,
+    image: &SourceImage,
+    wanted: &HashSet<oci_spec::image::Digest>,
+    prepared: &[PreparedDestination],
+) -> Result<HashMap<oci_spec::image::Digest, source::Blob>, Failure> {
+    let needed: HashSet<oci_spec::image::Digest> = wanted
+        .iter()
+        .filter(|diff_id| {
+            prepared
+                .iter()
+                .any(|(_, _, p)| p.as_ref().is_ok_and(|p| p.known.get(diff_id).is_none()))
+        })
+        .cloned()
+        .collect();
+    if needed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (root, compression, temp_dir) = (
+        image.root.clone(),
+        settings.compression,
+        settings.temp_dir.clone(),
+    );
+    Ok(tokio::task::spawn_blocking(move || {
+        push::compress_layers(&root, &needed, compression, &temp_dir)
+    })
+    .await
+    .map_err(|e| Failure::Io(format!("compressing the layers failed: {e}")))??)
+}
+
+/// `path (format)`, with the image's name and, when one image was picked out of an index, its
+/// platform.
+fn source_description(settings: &PushSettings, image: &SourceImage) -> String {
+    let mut description = format!("{} ({})", settings.source.display(), image.format);
+    if let Some(name) = &image.name {
+        let _ = write!(description, ", image {name}");
+    }
+    let narrowed = settings.selection.platform.is_some() || settings.selection.single_platform;
+    if narrowed && let source::ImageNode::Manifest(manifest) = &image.root {
+        let _ = write!(
+            description,
+            ", platform {}",
+            manifest.platform.as_deref().unwrap_or("unknown")
+        );
+    }
+    description
 }
 
 /// Destinations pushed to at the same time.
@@ -655,28 +817,57 @@ fn combine(
     }
 }
 
-/// The push to one destination: connect, find reusable layers, check immutable tags, push,
-/// verify.
-async fn push_to(
+/// A destination connected to, with the layers it already has.
+struct Prepared {
+    destination: Destination,
+    known: KnownLayers,
+}
+
+/// The push to one destination, and what it compressed (for the local cache).
+struct Pushed {
+    report: PushReport,
+    compressed_layers: Vec<(oci_spec::image::Digest, push::PushedBlob)>,
+}
+
+/// Connects to a destination and finds which of the layers to compress it already has. With
+/// several destinations each claim is checked against the registry now, since it decides what
+/// is compressed for all of them (a single destination's push checks as it goes).
+async fn prepare(
     settings: &PushSettings,
     target: &Target,
-    image: &SourceImage,
-    reporter: Arc<dyn Reporter>,
-) -> Result<PushReport, Failure> {
-    let wanted = uncompressed_diff_ids(&image.root);
-    let destination = connect(settings, target, !wanted.is_empty(), reporter.as_ref()).await?;
-    let client = &destination.client;
+    wanted: &HashSet<oci_spec::image::Digest>,
+    cache: Option<&LayerCache>,
+    several: bool,
+    reporter: &dyn Reporter,
+) -> Result<Prepared, Failure> {
+    let destination = connect(settings, target, !wanted.is_empty(), reporter).await?;
+    let mut known = find_known_layers(settings, &destination, wanted, cache, reporter).await;
+    if several
+        && !known.is_empty()
+        && let Err(error) = known
+            .confirm(&destination.client, &settings.repository)
+            .await
+    {
+        reporter.event(&Event::Warning {
+            message: &format!("could not check which layers the registry has ({error})"),
+        });
+    }
+    Ok(Prepared { destination, known })
+}
 
-    let mut cache = settings.cache_dir.as_deref().map(LayerCache::open);
-    let known_layers = find_known_layers(
-        settings,
-        &destination,
-        &wanted,
-        cache.as_ref(),
-        reporter.as_ref(),
-    )
-    .await;
-    let predicted = predict_digest(&image.root, &known_layers, settings.compression);
+/// The push to one destination: check immutable tags, push, verify, then what ECR was asked
+/// to do with the image (scan, replication). A failure of the latter is recorded in the report
+/// of the image that was pushed, not returned.
+async fn push_prepared(
+    settings: &PushSettings,
+    prepared: Prepared,
+    image: &SourceImage,
+    root: &source::ImageNode,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Pushed, Failure> {
+    let Prepared { destination, known } = prepared;
+    let client = &destination.client;
+    let predicted = predict_digest(root, &known, settings.compression);
     let tags_to_put = check_immutable_tags(
         client,
         &settings.repository,
@@ -694,22 +885,12 @@ async fn push_to(
     };
     let pusher = Pusher {
         client,
-        known_layers: &known_layers,
+        known_layers: &known,
         repository: &settings.repository,
         reporter: Arc::clone(&reporter),
         options: &options,
     };
-    let outcome = pusher.push(image).await?;
-    if let Some(cache) = &mut cache {
-        for (diff_id, blob) in &outcome.compressed_layers {
-            cache.record(diff_id, blob, settings.compression);
-        }
-        if let Err(error) = cache.save() {
-            reporter.event(&Event::Warning {
-                message: &format!("could not save the layer cache: {error}"),
-            });
-        }
-    }
+    let outcome = pusher.push(root).await?;
 
     let verifier = Verifier {
         client,
@@ -719,15 +900,16 @@ async fn push_to(
     };
     verifier.verify(&outcome.root, &settings.tags).await?;
 
-    let (scans, replication) = match &destination.ecr_api {
-        Some(api) => after_push(settings, api, &outcome.root, reporter.as_ref()).await?,
-        None => (Vec::new(), Vec::new()),
+    let after = match &destination.ecr_api {
+        Some(api) => after_push(settings, api, &outcome.root, reporter.as_ref()).await,
+        None => AfterPush::default(),
     };
     let scan_gate = settings
         .scan
         .as_ref()
         .and_then(|scan| scan.fail_on)
-        .map(|threshold| ScanGate::evaluate(threshold, &scans));
+        .filter(|_| after.scan_error.is_none())
+        .map(|threshold| ScanGate::evaluate(threshold, &after.scans));
 
     let mut report = report_of(
         settings,
@@ -735,43 +917,116 @@ async fn push_to(
         &outcome,
         client,
         destination.ecr,
-        scans,
+        after.scans,
         scan_gate,
     );
-    report.replication = replication;
-    Ok(report)
+    report.scan_error = after.scan_error;
+    report.replication = after.replication;
+    report.replication_status = after.replication_status;
+    report.replication_error = after.replication_error;
+    Ok(Pushed {
+        report,
+        compressed_layers: outcome.compressed_layers,
+    })
 }
 
-/// ECR's work on a pushed image that the user asked to wait for: scans, replication.
+/// What ECR did with a pushed image, as far as the user asked to wait for it.
+#[derive(Default)]
+struct AfterPush {
+    scans: Vec<aws::scan::ScanReport>,
+    scan_error: Option<String>,
+    replication: Vec<aws::images::Replica>,
+    replication_status: Option<String>,
+    replication_error: Option<String>,
+}
+
+/// ECR's work on a pushed image that the user asked to wait for: scans, replication. Both are
+/// waited for even when the other failed; failures are kept as messages for the report.
 async fn after_push(
     settings: &PushSettings,
     api: &EcrApi,
     root: &PushedNode,
     reporter: &dyn Reporter,
-) -> Result<(Vec<aws::scan::ScanReport>, Vec<aws::images::Replica>), Failure> {
-    let scans = match &settings.scan {
-        Some(scan) => run_scans(api, &settings.repository, root, scan, reporter).await?,
-        None => Vec::new(),
-    };
-    let replication = match settings.replication_timeout {
-        Some(timeout) => {
-            let digest = &root.document().digest;
-            reporter.event(&Event::Note {
-                message: &format!("waiting for ECR to replicate {digest}"),
-            });
-            aws::images::wait_for_replication(
-                &api.ecr,
-                &api.registry_id,
-                &settings.repository,
-                digest.as_ref(),
-                timeout,
-                Duration::from_secs(5),
-            )
-            .await?
+) -> AfterPush {
+    let mut after = AfterPush::default();
+    if let Some(scan) = &settings.scan {
+        let (scans, error) = run_scans(api, &settings.repository, root, scan, reporter).await;
+        after.scans = scans;
+        after.scan_error = error.map(|e| e.to_string());
+    }
+    if let Some(timeout) = settings.replication_timeout {
+        let digest = &root.document().digest;
+        reporter.event(&Event::Note {
+            message: &format!("waiting for ECR to replicate {digest}"),
+        });
+        match aws::images::wait_for_replication(
+            &api.ecr,
+            &api.registry_id,
+            &settings.repository,
+            digest.as_ref(),
+            timeout,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(aws::images::Replication::NotConfigured) => {
+                reporter.event(&Event::Note {
+                    message: &format!(
+                        "registry {} has no replication rule for {}: nothing replicates, nothing to wait for",
+                        api.registry_id, settings.repository
+                    ),
+                });
+                after.replication_status = Some("not_configured".to_owned());
+            }
+            Ok(aws::images::Replication::Complete(replicas)) => {
+                reporter.event(&Event::Note {
+                    message: &format!(
+                        "replicated to {}",
+                        replicas
+                            .iter()
+                            .map(|r| format!("{} ({})", r.region, r.registry_id))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+                after.replication = replicas;
+                after.replication_status = Some("complete".to_owned());
+            }
+            Err(error) => {
+                after.replication_status = Some("failed".to_owned());
+                after.replication_error = Some(error.to_string());
+            }
         }
-        None => Vec::new(),
+    }
+    after
+}
+
+/// The failure of a push whose image was pushed and verified, but whose scan or replication
+/// wait failed (at any destination): exit code 1 after the report was written.
+fn after_push_failure(report: &PushReport) -> Option<Failure> {
+    let mut failures: Vec<String> = Vec::new();
+    let mut add = |label: Option<&str>, what: &str, error: &Option<String>| {
+        if let Some(error) = error {
+            let at = label.map(|l| format!(" at {l}")).unwrap_or_default();
+            failures.push(format!("{what}{at} failed: {error}"));
+        }
     };
-    Ok((scans, replication))
+    if report.destinations.is_empty() {
+        add(None, "the scan", &report.scan_error);
+        add(None, "replication", &report.replication_error);
+    } else {
+        for destination in &report.destinations {
+            let label = Some(destination.destination.as_str());
+            add(label, "the scan", &destination.scan_error);
+            add(label, "replication", &destination.replication_error);
+        }
+    }
+    (!failures.is_empty()).then(|| {
+        Failure::Incomplete(format!(
+            "the image was pushed and verified, but waiting for {}",
+            failures.join("; ")
+        ))
+    })
 }
 
 /// The report of one destination.
@@ -803,6 +1058,7 @@ fn report_of(
         blobs_uploaded: outcome.stats.blobs_uploaded,
         blobs_skipped: outcome.stats.blobs_skipped,
         bytes_uploaded: outcome.stats.bytes_uploaded,
+        layers_compressed: outcome.stats.layers_compressed,
         verified: settings.verify != crate::verify::VerifyMode::Off,
         verify_mode: settings.verify.name().to_owned(),
         source_format: image.format.to_string(),
@@ -811,20 +1067,24 @@ fn report_of(
         scan_findings: scan_totals(&scans),
         scans,
         scan_gate,
+        scan_error: None,
         replication: Vec::new(),
+        replication_status: None,
+        replication_error: None,
         destinations: Vec::new(),
     }
 }
 
 /// Waits for the scan of every image manifest pushed (each platform of an index; attestation
-/// manifests are not images and are not scanned).
+/// manifests are not images and are not scanned). Stops at the first scan that fails or times
+/// out, keeping the reports of those before it.
 async fn run_scans(
     api: &EcrApi,
     repository: &str,
     root: &PushedNode,
     settings: &aws::scan::ScanSettings,
     reporter: &dyn Reporter,
-) -> Result<Vec<aws::scan::ScanReport>, Failure> {
+) -> (Vec<aws::scan::ScanReport>, Option<AwsError>) {
     let mut images = Vec::new();
     collect_images(root, &mut images);
     let mut reports = Vec::with_capacity(images.len());
@@ -832,7 +1092,7 @@ async fn run_scans(
         reporter.event(&Event::Note {
             message: &format!("waiting for the vulnerability scan of {repository}@{digest}"),
         });
-        let mut report = aws::scan::scan_image(
+        let mut report = match aws::scan::scan_image(
             &api.ecr,
             &api.registry_id,
             repository,
@@ -840,7 +1100,11 @@ async fn run_scans(
             api.scan_on_push,
             settings,
         )
-        .await?;
+        .await
+        {
+            Ok(report) => report,
+            Err(error) => return (reports, Some(error)),
+        };
         report.platform = platform;
         reporter.event(&Event::Note {
             message: &format!(
@@ -860,7 +1124,7 @@ async fn run_scans(
         });
         reports.push(report);
     }
-    Ok(reports)
+    (reports, None)
 }
 
 fn collect_images(node: &PushedNode, images: &mut Vec<(String, Option<String>)>) {
@@ -929,6 +1193,11 @@ struct EcrApi {
 /// How many of the newest images are looked at for reusable layers.
 const RECENT_IMAGES: usize = 3;
 
+/// `tags/list` pages read when looking for reusable layers (ECR's largest page is 1000 tags):
+/// bounded, so a repository with a huge tag history costs seconds, not minutes.
+const TAG_PAGE_SIZE: usize = 1000;
+const TAG_PAGES: usize = 10;
+
 /// `diff_id → compressed blob` from the local cache and from likely images in the repository
 /// (see `reuse`). Best effort: a registry that refuses these reads only costs compression time.
 async fn find_known_layers(
@@ -964,7 +1233,7 @@ async fn find_known_layers(
         )
         .await;
     if result.is_ok() && !known.knows_all(wanted) {
-        result = match client.list_tags(repository, 1000).await {
+        result = match client.list_tags(repository, TAG_PAGE_SIZE, TAG_PAGES).await {
             Ok(tags) => {
                 let likely = reuse::likely_tags(tags, &references, reuse::TAG_LIST_LOOKUPS);
                 known

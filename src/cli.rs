@@ -85,6 +85,7 @@ pub enum CompressionArg {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // command-line flags, each independent of the others
 pub struct PushArgs {
     /// The image: a `docker save` tar, an OCI layout directory, or an oci-archive tar;
     /// optionally gzip- or zstd-compressed (recognised by content).
@@ -118,6 +119,13 @@ pub struct PushArgs {
     /// manifest.
     #[arg(long, env = "ECR_PUSH_PLATFORM")]
     pub platform: Option<String>,
+
+    /// Push one image manifest of a multi-platform image, without the index and without
+    /// attestation manifests (for Lambda and scanners that refuse indexes): the `--platform`
+    /// one, else the only image the index holds, else the one for this runner's platform
+    /// (linux/amd64 on x86-64, linux/arm64 on aarch64).
+    #[arg(long, env = "ECR_PUSH_SINGLE_PLATFORM")]
+    pub single_platform: bool,
 
     /// Compression for layers that are uncompressed in the source (legacy docker save).
     #[arg(long, env = "ECR_PUSH_COMPRESSION", value_enum, default_value_t = CompressionArg::Gzip)]
@@ -336,17 +344,26 @@ pub struct EcrCommandArgs {
 #[derive(Debug, Args)]
 pub struct TagArgs {
     /// The image to tag: `repository@sha256:…` or `repository:tag`.
-    #[arg(value_name = "IMAGE")]
+    #[arg(value_name = "IMAGE", env = "ECR_PUSH_SOURCE_IMAGE")]
     pub image: String,
 
     /// Tag to add (repeatable).
-    #[arg(long = "tag", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "tag",
+        required = true,
+        env = "ECR_PUSH_TAGS",
+        value_delimiter = ','
+    )]
     pub tags: Vec<String>,
 
     /// Put the tags in this repository of the same registry instead (blobs are mounted or
-    /// copied; the repository is created if missing).
-    #[arg(long)]
+    /// copied).
+    #[arg(long, env = "ECR_PUSH_REPOSITORY")]
     pub repository: Option<String>,
+
+    /// Create the `--repository` if it does not exist (never the image's own repository).
+    #[arg(long, env = "ECR_PUSH_CREATE_REPOSITORY", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub create_repository: bool,
 
     #[command(flatten)]
     pub common: EcrCommandArgs,
@@ -354,10 +371,11 @@ pub struct TagArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[arg(env = "ECR_PUSH_REPOSITORY")]
     pub repository: String,
 
     /// How many of the newest images to show.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "ECR_PUSH_LIMIT", default_value_t = 10)]
     pub limit: usize,
 
     #[command(flatten)]
@@ -366,14 +384,15 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
+    #[arg(env = "ECR_PUSH_REPOSITORY")]
     pub repository: String,
 
     /// Which images.
-    #[arg(long, value_enum, default_value_t = crate::aws::images::TagFilter::Any)]
+    #[arg(long, env = "ECR_PUSH_FILTER", value_enum, default_value_t = crate::aws::images::TagFilter::Any)]
     pub filter: crate::aws::images::TagFilter,
 
     /// Only images with a tag starting with this.
-    #[arg(long)]
+    #[arg(long, env = "ECR_PUSH_TAG_PREFIX")]
     pub tag_prefix: Option<String>,
 
     #[command(flatten)]
@@ -382,22 +401,24 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
+    #[arg(env = "ECR_PUSH_REPOSITORY")]
     pub repository: String,
 
-    /// Keep the newest N images (of those considered) and delete the rest.
-    #[arg(long)]
+    /// Keep the newest N images (of those considered) and delete the rest. An image index
+    /// counts as one image with its platform and attestation manifests.
+    #[arg(long, env = "ECR_PUSH_KEEP")]
     pub keep: Option<usize>,
 
     /// Delete images pushed more than this many days ago.
-    #[arg(long)]
+    #[arg(long, env = "ECR_PUSH_OLDER_THAN")]
     pub older_than: Option<u64>,
 
-    /// Consider untagged images only.
-    #[arg(long)]
+    /// Consider untagged images only (not the parts of an image index: they go with it).
+    #[arg(long, env = "ECR_PUSH_UNTAGGED")]
     pub untagged: bool,
 
     /// Show what would be deleted; delete nothing.
-    #[arg(long)]
+    #[arg(long, env = "ECR_PUSH_DRY_RUN")]
     pub dry_run: bool,
 
     #[command(flatten)]
@@ -406,21 +427,81 @@ pub struct CleanupArgs {
 
 #[derive(Debug, Args)]
 pub struct LifecycleArgs {
+    #[arg(env = "ECR_PUSH_REPOSITORY")]
     pub repository: String,
 
     /// Apply this lifecycle policy (JSON file) to the repository.
-    #[arg(long, conflicts_with = "preview")]
+    #[arg(long, env = "ECR_PUSH_LIFECYCLE_SET", conflicts_with = "preview")]
     pub set: Option<PathBuf>,
 
     /// Show which images a policy would expire: the file given with --policy, or the
     /// repository's own.
-    #[arg(long)]
+    #[arg(long, env = "ECR_PUSH_LIFECYCLE_PREVIEW")]
     pub preview: bool,
 
     /// The policy to preview (JSON file).
-    #[arg(long, requires = "preview")]
+    #[arg(long, env = "ECR_PUSH_PREVIEW_POLICY", requires = "preview")]
     pub policy: Option<PathBuf>,
 
     #[command(flatten)]
     pub common: EcrCommandArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every option and argument of every subcommand can come from an `ECR_PUSH_*` variable
+    /// (CI systems are configured by environment; the Action passes inputs that way).
+    #[test]
+    fn every_flag_of_every_subcommand_has_an_environment_variable() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        let mut checked = 0;
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                checked += 1;
+                match arg.get_env() {
+                    Some(name) if name.to_string_lossy().starts_with("ECR_PUSH_") => {}
+                    _ => missing.push(format!("{} {id}", command.get_name())),
+                }
+            }
+        }
+        assert!(checked > 60, "only {checked} arguments seen");
+        assert!(missing.is_empty(), "no ECR_PUSH_* variable: {missing:?}");
+    }
+
+    #[test]
+    fn an_environment_variable_means_one_thing_in_every_subcommand() {
+        let cli = Cli::command();
+        let mut meaning: std::collections::HashMap<String, (String, String)> =
+            std::collections::HashMap::new();
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy().into_owned();
+                // The flag's name (positionals have none: their id).
+                let id = arg
+                    .get_long()
+                    .unwrap_or_else(|| arg.get_id().as_str())
+                    .to_owned();
+                let entry = meaning
+                    .entry(env.clone())
+                    .or_insert_with(|| (id.clone(), command.get_name().to_owned()));
+                assert_eq!(
+                    entry.0,
+                    id,
+                    "{env} is {} in {} but {id} in {}",
+                    entry.0,
+                    entry.1,
+                    command.get_name()
+                );
+            }
+        }
+    }
 }

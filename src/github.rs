@@ -180,6 +180,32 @@ pub fn push_summary(report: &PushReport) -> String {
         );
     }
     row("Source", report.source_format.clone());
+    if let Some(status) = &report.replication_status {
+        row(
+            "Replication",
+            match status.as_str() {
+                "complete" => format!(
+                    "complete: {}",
+                    report
+                        .replication
+                        .iter()
+                        .map(|r| format!("{} ({})", r.region, r.registry_id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "not_configured" => "no replication rule covers this repository".to_owned(),
+                other => format!("**{other}**"),
+            },
+        );
+    }
+    for (what, error) in [
+        ("Scan", &report.scan_error),
+        ("Replication error", &report.replication_error),
+    ] {
+        if let Some(error) = error {
+            row(what, format!("**failed**: {error}"));
+        }
+    }
     row("Duration", format!("{:.1} s", report.duration_seconds));
     md.push('\n');
     md.push_str(&scan_summary(report));
@@ -262,11 +288,19 @@ fn destinations_summary(report: &PushReport) -> String {
     }
     let mut md = String::from("#### Destinations\n\n| Destination | Result |\n|---|---|\n");
     for destination in &report.destinations {
-        let result = match (&destination.image_ref, &destination.error) {
+        let mut result = match (&destination.image_ref, &destination.error) {
             (_, Some(error)) => format!("failed: {}", error.replace('|', "\\|")),
             (Some(reference), None) => format!("`{reference}`"),
             (None, None) => String::new(),
         };
+        for (what, error) in [
+            ("scan", &destination.scan_error),
+            ("replication", &destination.replication_error),
+        ] {
+            if let Some(error) = error {
+                let _ = write!(result, "<br>{what} failed: {}", error.replace('|', "\\|"));
+            }
+        }
         let _ = writeln!(md, "| {} | {result} |", destination.destination);
     }
     md.push('\n');

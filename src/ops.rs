@@ -6,7 +6,7 @@
 //! does), so the digest cannot change. Across repositories, blobs are mounted when the registry
 //! allows it and copied (through a temporary file, digest-checked) otherwise.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::push::{HashingWriter, PushOptions, Pusher};
 use crate::registry::{Client, RegistryError};
 use crate::report::Reporter;
 use crate::reuse::KnownLayers;
-use crate::settings::{EcrCommandSettings, EcrTarget};
+use crate::settings::{EcrCommandSettings, EcrTarget, UsageError};
 use crate::source::{Blob, DOCKER_MANIFEST_LIST, Document, OCI_INDEX, SourceError};
 
 /// AWS credentials and the registry they are for.
@@ -182,11 +182,38 @@ pub struct CleanupRules {
 pub struct CleanupReport {
     pub repository: String,
     pub dry_run: bool,
-    /// Deleted (or, with `--dry-run`, to be deleted).
+    /// Deleted (or, with `--dry-run`, to be deleted): the images the rules chose, and what only
+    /// they refer to (an index's platform and attestation manifests, nested indexes).
     pub deleted: Vec<ImageInfo>,
-    /// Matched the rules but are referenced by an image index that stays.
+    /// Referred to by a chosen image, but kept because an image that stays refers to them too.
     pub protected: Vec<String>,
-    pub failures: Vec<(String, String)>,
+    /// Not deleted: what ECR refused, and what a refused image refers to.
+    pub failures: Vec<images::DeleteFailure>,
+}
+
+impl CleanupReport {
+    /// A cleanup that left images it should have deleted failed (exit code 1), even though
+    /// its report is printed.
+    pub fn verdict(&self) -> Result<(), Failure> {
+        if self.failures.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = self
+            .failures
+            .iter()
+            .map(|f| match &f.code {
+                Some(code) => format!("{} ({code}: {})", f.digest, f.reason),
+                None => format!("{} ({})", f.digest, f.reason),
+            })
+            .collect();
+        Err(Failure::Incomplete(format!(
+            "cleanup of {} deleted {} image(s) but could not delete {}: {}",
+            self.repository,
+            self.deleted.len(),
+            self.failures.len(),
+            listed.join("; ")
+        )))
+    }
 }
 
 #[allow(clippy::cast_precision_loss)] // whole days stay exact far beyond any retention period
@@ -214,6 +241,115 @@ pub fn select_for_deletion(
         .collect()
 }
 
+/// What a cleanup deletes, in the order it must: an image before what it refers to (ECR
+/// refuses to delete a manifest an index still lists, failure `ImageReferencedByManifestList`,
+/// <https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_ImageFailure.html>).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct CleanupPlan {
+    /// Levels: every image of a level is referred to only by images of earlier levels.
+    pub levels: Vec<Vec<ImageInfo>>,
+    pub protected: Vec<String>,
+}
+
+/// Plans a cleanup over a repository's images (`all`, newest first) and what each index refers
+/// to (`children`).
+///
+/// The rules count and age *roots* only: images no other image refers to (a tagged image or
+/// index, an orphaned untagged manifest). An index's platform and attestation manifests (and a
+/// nested index's) are untagged images in ECR, but they are parts of their root: they go with
+/// it, and stay while any root that stays refers to them, however deep.
+pub(crate) fn plan_cleanup(
+    all: &[ImageInfo],
+    children: &HashMap<String, Vec<String>>,
+    rules: &CleanupRules,
+    now: f64,
+) -> CleanupPlan {
+    let present: HashSet<&str> = all.iter().map(|i| i.digest.as_str()).collect();
+    let referenced: HashSet<&str> = children
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .filter(|d| present.contains(d))
+        .collect();
+    let roots: Vec<ImageInfo> = all
+        .iter()
+        .filter(|image| !referenced.contains(image.digest.as_str()))
+        .cloned()
+        .collect();
+    let considered: Vec<ImageInfo> = roots
+        .iter()
+        .filter(|image| !rules.untagged_only || image.tags.is_empty())
+        .cloned()
+        .collect();
+    let selected: HashSet<String> = select_for_deletion(&considered, rules, now)
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    let kept = closure(
+        roots
+            .iter()
+            .filter(|r| !selected.contains(&r.digest))
+            .map(|r| r.digest.as_str()),
+        children,
+    );
+    let reached = closure(selected.iter().map(String::as_str), children);
+    let mut protected: Vec<String> = reached
+        .iter()
+        .filter(|d| kept.contains(*d) && present.contains(d.as_str()))
+        .cloned()
+        .collect();
+    protected.sort();
+    let mut doomed: HashSet<String> = reached
+        .into_iter()
+        .filter(|d| !kept.contains(d) && present.contains(d.as_str()))
+        .collect();
+
+    // Parents first: a level holds what no remaining doomed image refers to.
+    let mut levels = Vec::new();
+    while !doomed.is_empty() {
+        let still_referred: HashSet<&String> = doomed
+            .iter()
+            .filter_map(|d| children.get(d))
+            .flatten()
+            .collect();
+        let mut level: Vec<ImageInfo> = all
+            .iter()
+            .filter(|i| doomed.contains(&i.digest) && !still_referred.contains(&i.digest))
+            .cloned()
+            .collect();
+        if level.is_empty() {
+            // Content addressing makes cycles impossible; should a broken listing show one,
+            // delete the rest together rather than loop.
+            level = all
+                .iter()
+                .filter(|i| doomed.contains(&i.digest))
+                .cloned()
+                .collect();
+        }
+        for image in &level {
+            doomed.remove(&image.digest);
+        }
+        levels.push(level);
+    }
+    CleanupPlan { levels, protected }
+}
+
+/// Every digest reachable from `start` through `children`, `start` included.
+fn closure<'a>(
+    start: impl IntoIterator<Item = &'a str>,
+    children: &HashMap<String, Vec<String>>,
+) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<String> = start.into_iter().map(str::to_owned).collect();
+    while let Some(digest) = stack.pop() {
+        if let Some(refs) = children.get(&digest) {
+            stack.extend(refs.iter().filter(|r| !seen.contains(*r)).cloned());
+        }
+        seen.insert(digest);
+    }
+    seen
+}
+
 pub async fn cleanup(
     settings: &EcrCommandSettings,
     repository: &str,
@@ -224,41 +360,78 @@ pub async fn cleanup(
     let all = images::list(ecr, &ctx.registry_id, repository, TagFilter::Any)
         .await
         .map_err(|e| missing_repository(e, repository, &ctx.registry_id))?;
-    let considered: Vec<ImageInfo> = all
+    let indexes: Vec<String> = all
         .iter()
-        .filter(|image| !rules.untagged_only || image.tags.is_empty())
-        .cloned()
+        .filter(|image| image.is_index())
+        .map(|image| image.digest.clone())
         .collect();
+    let children = images::index_children(ecr, &ctx.registry_id, repository, &indexes).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let mut selected = select_for_deletion(&considered, rules, now);
-
-    // Never delete what a remaining index needs: its platform manifests are untagged images.
-    let leaving: HashSet<&str> = selected.iter().map(|i| i.digest.as_str()).collect();
-    let kept_indexes: Vec<String> = all
-        .iter()
-        .filter(|image| image.is_index() && !leaving.contains(image.digest.as_str()))
-        .map(|image| image.digest.clone())
-        .collect();
-    let needed = images::index_children(ecr, &ctx.registry_id, repository, &kept_indexes).await?;
-    let (protected, deletable): (Vec<ImageInfo>, Vec<ImageInfo>) = selected
-        .drain(..)
-        .partition(|image| needed.contains(&image.digest));
-
-    let failures = if rules.dry_run || deletable.is_empty() {
-        Vec::new()
+    let plan = plan_cleanup(&all, &children, rules, now);
+    let (deleted, failures) = if rules.dry_run {
+        (plan.levels.into_iter().flatten().collect(), Vec::new())
     } else {
-        let digests: Vec<String> = deletable.iter().map(|i| i.digest.clone()).collect();
-        images::delete(ecr, &ctx.registry_id, repository, &digests).await?
+        execute_cleanup(ecr, &ctx.registry_id, repository, plan.levels, &children).await?
     };
     Ok(CleanupReport {
         repository: repository.to_owned(),
         dry_run: rules.dry_run,
-        deleted: deletable,
-        protected: protected.into_iter().map(|i| i.digest).collect(),
+        deleted,
+        protected: plan.protected,
         failures,
     })
+}
+
+/// Deletes level by level. What an image that could not be deleted refers to is not deleted
+/// either: it is still in use.
+pub(crate) async fn execute_cleanup(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    repository: &str,
+    levels: Vec<Vec<ImageInfo>>,
+    children: &HashMap<String, Vec<String>>,
+) -> Result<(Vec<ImageInfo>, Vec<images::DeleteFailure>), AwsError> {
+    let mut deleted = Vec::new();
+    let mut failures: Vec<images::DeleteFailure> = Vec::new();
+    for level in levels {
+        let in_use: HashMap<&String, &String> = failures
+            .iter()
+            .flat_map(|f| {
+                children
+                    .get(&f.digest)
+                    .into_iter()
+                    .flatten()
+                    .map(move |child| (child, &f.digest))
+            })
+            .collect();
+        let (blocked, to_delete): (Vec<ImageInfo>, Vec<ImageInfo>) = level
+            .into_iter()
+            .partition(|image| in_use.contains_key(&image.digest));
+        let blocked: Vec<images::DeleteFailure> = blocked
+            .into_iter()
+            .map(|image| images::DeleteFailure {
+                reason: format!("not deleted: {} still refers to it", in_use[&image.digest]),
+                digest: image.digest,
+                code: None,
+            })
+            .collect();
+        if !to_delete.is_empty() {
+            let digests: Vec<String> = to_delete.iter().map(|i| i.digest.clone()).collect();
+            let refused = images::delete(ecr, registry_id, repository, &digests).await?;
+            let refused_digests: HashSet<&str> =
+                refused.iter().map(|f| f.digest.as_str()).collect();
+            deleted.extend(
+                to_delete
+                    .into_iter()
+                    .filter(|i| !refused_digests.contains(i.digest.as_str())),
+            );
+            failures.extend(refused);
+        }
+        failures.extend(blocked);
+    }
+    Ok((deleted, failures))
 }
 
 /// `lifecycle`.
@@ -324,7 +497,17 @@ pub struct TagReport {
     pub media_type: String,
     pub tags: Vec<String>,
     pub image_ref: String,
+    /// Blobs the registry mounted from the source repository (no data moved).
+    pub blobs_mounted: u64,
+    /// Blobs downloaded and uploaded again, where the registry would not mount them.
     pub blobs_copied: u64,
+}
+
+/// How the blobs of a promotion across repositories got there.
+#[derive(Debug, Default)]
+struct CopyStats {
+    mounted: u64,
+    copied: u64,
 }
 
 /// `repository@sha256:…` or `repository:tag` → (repository, reference).
@@ -357,19 +540,49 @@ pub async fn tag(
     crate::settings::validate_repository(&source_repository)?;
     crate::settings::validate_repository(&target)?;
     let ctx = context(&settings.target).await?;
-    let state = aws::repository::ensure(
-        &ctx.session.ecr,
-        &ctx.registry_id,
-        &target,
-        &settings.target.repository,
-    )
-    .await?;
+    // The image's own repository is never created here: a typo in its name must not make a
+    // repository. Another target repository is, when --create-repository allows it.
+    let state = if target == source_repository {
+        aws::repository::ensure(
+            &ctx.session.ecr,
+            &ctx.registry_id,
+            &target,
+            &aws::repository::RepositorySettings::default(),
+        )
+        .await
+        .map_err(|error| match error {
+            AwsError::RepositoryMissing {
+                repository,
+                registry_id,
+            } => Failure::from(UsageError(format!(
+                "repository {repository} does not exist in registry {registry_id}; check the \
+                 name of the image to tag"
+            ))),
+            other => other.into(),
+        })?
+    } else {
+        aws::repository::ensure(
+            &ctx.session.ecr,
+            &ctx.registry_id,
+            &target,
+            &settings.target.repository,
+        )
+        .await?
+    };
     let client = ctx.registry(settings).await?;
 
     let document = fetch_document(&client, &source_repository, &reference).await?;
-    let mut copied = 0;
+    let mut copy = CopyStats::default();
     if target != source_repository {
-        copied = copy_content(&client, &source_repository, &target, &document, &reporter).await?;
+        copy_content(
+            &client,
+            &source_repository,
+            &target,
+            &document,
+            &reporter,
+            &mut copy,
+        )
+        .await?;
     }
     let immutable: Vec<String> = tags
         .iter()
@@ -406,7 +619,8 @@ pub async fn tag(
         digest: document.digest.to_string(),
         media_type: document.media_type,
         tags: tags.to_vec(),
-        blobs_copied: copied,
+        blobs_mounted: copy.mounted,
+        blobs_copied: copy.copied,
     })
 }
 
@@ -439,40 +653,54 @@ async fn fetch_document(
     })
 }
 
-/// Makes every blob and child manifest of `document` exist in `to`. Returns the blobs copied.
+/// Makes every blob and child manifest of `document` exist in `to`, counting how.
 async fn copy_content(
     client: &Client,
     from: &str,
     to: &str,
     document: &Document,
     reporter: &Arc<dyn Reporter>,
-) -> Result<u64, Failure> {
-    let mut copied = 0;
+    stats: &mut CopyStats,
+) -> Result<(), Failure> {
     if document.media_type == OCI_INDEX || document.media_type == DOCKER_MANIFEST_LIST {
         let index = OciIndex::from_reader(&document.bytes[..])
             .map_err(|e| SourceError::Invalid(format!("{from}: not an image index: {e}")))?;
         for child in index.manifests() {
             let child_document = fetch_document(client, from, child.digest().as_ref()).await?;
-            copied += Box::pin(copy_content(client, from, to, &child_document, reporter)).await?;
+            Box::pin(copy_content(
+                client,
+                from,
+                to,
+                &child_document,
+                reporter,
+                stats,
+            ))
+            .await?;
             client
                 .put_manifest(to, child.digest().as_ref(), &child_document)
                 .await?;
         }
-        return Ok(copied);
+        return Ok(());
     }
     let manifest = OciManifest::from_reader(&document.bytes[..])
         .map_err(|e| SourceError::Invalid(format!("{from}: not an image manifest: {e}")))?;
     for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
         let digest = descriptor.digest();
-        if client.blob_size(to, digest).await? == Some(descriptor.size())
-            || client.mount_blob(to, digest, from).await?
-        {
+        if client.blob_size(to, digest).await? == Some(descriptor.size()) {
+            continue;
+        }
+        // ECR mounts only when the registry has blob mounting enabled, within one registry,
+        // between repositories with the same encryption; otherwise it answers 202, a plain
+        // upload session, and the blob is copied.
+        // (<https://docs.aws.amazon.com/AmazonECR/latest/userguide/blob-mounting.html>)
+        if client.mount_blob(to, digest, from).await? {
+            stats.mounted += 1;
             continue;
         }
         copy_blob(client, from, to, descriptor, reporter).await?;
-        copied += 1;
+        stats.copied += 1;
     }
-    Ok(copied)
+    Ok(())
 }
 
 /// Copies one blob through an anonymous temporary file (no layer is held in memory), checking
@@ -593,6 +821,145 @@ mod tests {
                 1_000_000.0
             )),
             vec!["d"]
+        );
+    }
+
+    fn rules(keep: Option<usize>, older: Option<u64>, untagged: bool) -> CleanupRules {
+        CleanupRules {
+            keep,
+            older_than_days: older,
+            untagged_only: untagged,
+            dry_run: false,
+        }
+    }
+
+    fn children(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(parent, kids)| {
+                (
+                    (*parent).to_owned(),
+                    kids.iter().map(|k| (*k).to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn levels(plan: &CleanupPlan) -> Vec<Vec<&str>> {
+        plan.levels
+            .iter()
+            .map(|level| {
+                let mut digests: Vec<&str> = level.iter().map(|i| i.digest.as_str()).collect();
+                digests.sort_unstable();
+                digests
+            })
+            .collect()
+    }
+
+    /// A newer multi-platform image `new` (index → amd64, s390x) and an older one `old` whose
+    /// index is nested (old → inner → amd64, arm64), sharing amd64; and an old orphan.
+    fn repository() -> (Vec<ImageInfo>, HashMap<String, Vec<String>>) {
+        let all = vec![
+            image("new", 1.0, true),
+            image("amd64", 1.0, false),
+            image("s390x", 1.0, false),
+            image("old", 5.0, true),
+            image("inner", 5.0, false),
+            image("arm64", 5.0, false),
+            image("orphan", 9.0, false),
+        ];
+        let graph = children(&[
+            ("new", &["amd64", "s390x"]),
+            ("old", &["inner"]),
+            ("inner", &["amd64", "arm64"]),
+        ]);
+        (all, graph)
+    }
+
+    #[test]
+    fn keep_counts_whole_images_and_parts_follow_their_root() {
+        let (all, graph) = repository();
+        let plan = plan_cleanup(&all, &graph, &rules(Some(1), None, false), 1_000_000.0);
+        // `old` and the orphan go, each index before what it lists; amd64 stays for `new`.
+        assert_eq!(
+            levels(&plan),
+            vec![vec!["old", "orphan"], vec!["inner"], vec!["arm64"]]
+        );
+        assert_eq!(plan.protected, vec!["amd64"]);
+    }
+
+    #[test]
+    fn untagged_means_untagged_roots_not_the_parts_of_a_kept_index() {
+        let (all, graph) = repository();
+        let plan = plan_cleanup(&all, &graph, &rules(None, Some(0), true), 1_000_000.0);
+        assert_eq!(levels(&plan), vec![vec!["orphan"]]);
+        assert!(plan.protected.is_empty());
+        // Nothing old enough: nothing at all.
+        let plan = plan_cleanup(&all, &graph, &rules(None, Some(30), false), 1_000_000.0);
+        assert_eq!(plan, CleanupPlan::default());
+    }
+
+    #[tokio::test]
+    async fn what_ecr_refuses_to_delete_is_reported_and_its_parts_are_kept() {
+        use aws_sdk_ecr::operation::batch_delete_image::BatchDeleteImageOutput;
+        use aws_sdk_ecr::types::{ImageFailure, ImageFailureCode, ImageIdentifier};
+        use aws_smithy_mocks::{mock, mock_client};
+
+        let (all, graph) = repository();
+        let plan = plan_cleanup(&all, &graph, &rules(Some(1), None, false), 1_000_000.0);
+        // ECR deletes the orphan but refuses `old`.
+        let delete = mock!(aws_sdk_ecr::Client::batch_delete_image).then_output(|| {
+            BatchDeleteImageOutput::builder()
+                .image_ids(ImageIdentifier::builder().image_digest("orphan").build())
+                .failures(
+                    ImageFailure::builder()
+                        .image_id(ImageIdentifier::builder().image_digest("old").build())
+                        .failure_code(ImageFailureCode::ImageReferencedByManifestList)
+                        .failure_reason("in use")
+                        .build(),
+                )
+                .build()
+        });
+        let ecr = mock_client!(aws_sdk_ecr, [&delete]);
+        let (deleted, failures) = execute_cleanup(&ecr, "1", "r", plan.levels, &graph)
+            .await
+            .unwrap();
+        assert_eq!(
+            delete.num_calls(),
+            1,
+            "what `old` refers to is not even tried"
+        );
+        assert_eq!(
+            deleted
+                .iter()
+                .map(|i| i.digest.as_str())
+                .collect::<Vec<_>>(),
+            vec!["orphan"]
+        );
+        let failed: Vec<(&str, Option<&str>)> = failures
+            .iter()
+            .map(|f| (f.digest.as_str(), f.code.as_deref()))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![
+                ("old", Some("ImageReferencedByManifestList")),
+                ("inner", None),
+                ("arm64", None)
+            ]
+        );
+        let report = CleanupReport {
+            repository: "r".into(),
+            dry_run: false,
+            deleted,
+            protected: plan.protected,
+            failures,
+        };
+        let failure = report.verdict().unwrap_err();
+        assert_eq!(failure.exit_code(), crate::app::exit::FAILED);
+        assert!(
+            failure.to_string().contains("could not delete 3"),
+            "{failure}"
         );
     }
 

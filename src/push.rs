@@ -1,6 +1,6 @@
-//! Pushes a [`SourceImage`] in referential order: every blob once (skipping what the registry
-//! has), in parallel up to `jobs`; then each manifest once its blobs exist; then an index once
-//! its manifests exist; then the tags.
+//! Pushes a [`SourceImage`](crate::source::SourceImage) in referential order: every blob once
+//! (skipping what the registry has), in parallel up to `jobs`; then each manifest once its blobs
+//! exist; then an index once its manifests exist; then the tags.
 //!
 //! Every byte sent is hashed on the way; a blob is committed only when what was sent is what the
 //! image says it is (digest and size, or for compressed-on-the-fly layers the uncompressed
@@ -19,7 +19,7 @@ use crate::report::{Event, Reporter};
 use crate::reuse::KnownLayers;
 use crate::source::{
     Blob, Document, ImageIndex, ImageManifest, ImageNode, Layer, ManifestSource, OCI_MANIFEST,
-    SourceError, SourceImage,
+    SourceError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,8 @@ pub struct PushStats {
     pub blobs_uploaded: u64,
     pub blobs_skipped: u64,
     pub bytes_uploaded: u64,
+    /// Layers compressed on the way out (those the registry did not have already).
+    pub layers_compressed: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -113,9 +115,11 @@ pub struct Pusher<'a> {
 }
 
 impl Pusher<'_> {
-    pub async fn push(&self, image: &SourceImage) -> Result<PushOutcome, PushError> {
+    /// Pushes the image whose root is `root`: a source image's, perhaps with layers compressed
+    /// already (see [`with_compressed`]).
+    pub async fn push(&self, root: &ImageNode) -> Result<PushOutcome, PushError> {
         let mut jobs: Vec<(BlobKey, BlobJob)> = Vec::new();
-        collect_jobs(&image.root, &mut jobs);
+        collect_jobs(root, &mut jobs);
         let stats = Stats::default();
 
         let results: HashMap<BlobKey, PushedBlob> = futures::stream::iter(jobs)
@@ -127,7 +131,7 @@ impl Pusher<'_> {
             .try_collect()
             .await?;
 
-        let root = self.push_documents(&image.root, &results, true).await?;
+        let root = self.push_documents(root, &results, true).await?;
         let compressed_layers = results
             .iter()
             .filter_map(|(key, blob)| match key {
@@ -251,6 +255,7 @@ impl Pusher<'_> {
         };
         let streamed = self.upload(&id, &source, Some(codec), None, &check).await?;
         stats.uploaded(streamed.sent.size);
+        stats.compressed.fetch_add(1, Ordering::Relaxed);
         let digest = streamed.sent.digest.to_string();
         self.reporter.event(&Event::BlobDone {
             id: &id,
@@ -345,47 +350,85 @@ impl Pusher<'_> {
     }
 }
 
-/// Compresses every layer that needs it, once, into anonymous temporary files, so the image can
-/// go to several registries without being compressed for each. The layers become stored blobs
-/// with known digests; their `diff_id`s are checked on the way, as a streaming push would.
-pub fn compress_layers(
-    image: SourceImage,
+/// Compresses the layers `which` (by `diff_id`), once each, into anonymous temporary files, so
+/// the image can go to several registries without being compressed for each. The `diff_id`s
+/// are checked on the way, as a streaming push would.
+pub(crate) fn compress_layers(
+    root: &ImageNode,
+    which: &HashSet<Digest>,
     compression: Compression,
     temp_dir: &std::path::Path,
-) -> Result<SourceImage, SourceError> {
+) -> Result<HashMap<Digest, Blob>, SourceError> {
+    let mut sources = Vec::new();
+    collect_uncompressed(root, &mut sources);
     let mut done: HashMap<Digest, Blob> = HashMap::new();
-    let root = compress_node(image.root, compression, temp_dir, &mut done)?;
-    Ok(SourceImage { root, ..image })
+    for (diff_id, source) in sources {
+        if which.contains(&diff_id) && !done.contains_key(&diff_id) {
+            let blob = compress_to_temp(&source, &diff_id, compression, temp_dir)?;
+            done.insert(diff_id, blob);
+        }
+    }
+    Ok(done)
 }
 
-fn compress_node(
-    node: ImageNode,
-    compression: Compression,
-    temp_dir: &std::path::Path,
-    done: &mut HashMap<Digest, Blob>,
-) -> Result<ImageNode, SourceError> {
-    Ok(match node {
+fn collect_uncompressed(node: &ImageNode, out: &mut Vec<(Digest, BlobSource)>) {
+    match node {
+        ImageNode::Index(index) => {
+            for child in &index.children {
+                collect_uncompressed(child, out);
+            }
+        }
+        ImageNode::Manifest(manifest) => {
+            for layer in &manifest.layers {
+                if let Layer::Uncompressed { source, diff_id } = layer {
+                    out.push((diff_id.clone(), source.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The image with the layers in `compressed` as stored blobs, except those `known` says the
+/// destination has already: those stay as they are, so the push reuses the registry's blob
+/// (which may have been compressed differently) instead of uploading another.
+pub(crate) fn with_compressed(
+    node: &ImageNode,
+    compressed: &HashMap<Digest, Blob>,
+    known: &KnownLayers,
+) -> ImageNode {
+    match node {
         ImageNode::Index(index) => ImageNode::Index(ImageIndex {
+            document: index.document.clone(),
             children: index
                 .children
-                .into_iter()
-                .map(|child| compress_node(child, compression, temp_dir, done))
-                .collect::<Result<_, _>>()?,
-            document: index.document,
+                .iter()
+                .map(|child| with_compressed(child, compressed, known))
+                .collect(),
         }),
-        ImageNode::Manifest(mut manifest) => {
+        ImageNode::Manifest(manifest) => {
+            let mut manifest = manifest.clone();
             for layer in &mut manifest.layers {
-                if let Layer::Uncompressed { source, diff_id } = layer {
-                    if !done.contains_key(diff_id) {
-                        let blob = compress_to_temp(source, diff_id, compression, temp_dir)?;
-                        done.insert(diff_id.clone(), blob);
-                    }
-                    *layer = Layer::Stored(done[diff_id].clone());
+                if let Layer::Uncompressed { diff_id, .. } = layer
+                    && known.get(diff_id).is_none()
+                    && let Some(blob) = compressed.get(diff_id)
+                {
+                    *layer = Layer::Stored(blob.clone());
                 }
             }
             ImageNode::Manifest(manifest)
         }
-    })
+    }
+}
+
+impl From<&Blob> for PushedBlob {
+    fn from(blob: &Blob) -> Self {
+        Self {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+            foreign: false,
+        }
+    }
 }
 
 fn compress_to_temp(
@@ -659,6 +702,7 @@ struct Stats {
     uploaded: AtomicU64,
     skipped: AtomicU64,
     bytes: AtomicU64,
+    compressed: AtomicU64,
 }
 
 impl Stats {
@@ -676,6 +720,7 @@ impl Stats {
             blobs_uploaded: self.uploaded.load(Ordering::Relaxed),
             blobs_skipped: self.skipped.load(Ordering::Relaxed),
             bytes_uploaded: self.bytes.load(Ordering::Relaxed),
+            layers_compressed: self.compressed.load(Ordering::Relaxed),
         }
     }
 }

@@ -244,6 +244,10 @@ pub struct PushReport {
     pub blobs_uploaded: u64,
     pub blobs_skipped: u64,
     pub bytes_uploaded: u64,
+    /// Layers compressed by this run (uncompressed sources only), over every destination: a
+    /// layer compressed once for several destinations counts once, a layer the registry (or
+    /// `--cache-dir`) already had counts not at all.
+    pub layers_compressed: u64,
     pub verified: bool,
     pub verify_mode: String,
     pub source_format: String,
@@ -257,9 +261,19 @@ pub struct PushReport {
     pub scans: Vec<crate::aws::scan::ScanReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan_gate: Option<ScanGate>,
+    /// Why waiting for the scan failed (timeout, scan error); the image was pushed all the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_error: Option<String>,
     /// Where ECR replicated the image (`--wait-replication`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<crate::aws::images::Replica>,
+    /// `--wait-replication`: `complete`, `not_configured` (no replication rule covers the
+    /// repository) or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_status: Option<String>,
+    /// Why waiting for replication failed; the image was pushed all the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_error: Option<String>,
     /// Every destination, when there are several (the fields above are the first one's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationReport>,
@@ -309,8 +323,15 @@ pub struct DestinationReport {
     pub verified: bool,
     #[serde(flatten)]
     pub ecr: Option<EcrReport>,
+    /// Why the push to this destination failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Pushed, but waiting for its scan failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_error: Option<String>,
+    /// Pushed, but waiting for its replication failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_error: Option<String>,
 }
 
 impl DestinationReport {
@@ -323,6 +344,8 @@ impl DestinationReport {
             verified: report.verified,
             ecr: report.ecr.clone(),
             error: None,
+            scan_error: report.scan_error.clone(),
+            replication_error: report.replication_error.clone(),
         }
     }
 
@@ -335,6 +358,8 @@ impl DestinationReport {
             verified: false,
             ecr: None,
             error: Some(error.to_string()),
+            scan_error: None,
+            replication_error: None,
         }
     }
 }

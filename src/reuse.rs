@@ -98,6 +98,26 @@ impl KnownLayers {
             .all(|diff_id| self.layers.contains_key(diff_id))
     }
 
+    /// Forgets the layers the repository does not have (HEAD, size checked): what the local
+    /// cache or another image's manifest says is a claim, and deciding what to compress for
+    /// several destinations must not rest on a stale one.
+    pub async fn confirm(
+        &mut self,
+        client: &Client,
+        repository: &str,
+    ) -> Result<(), RegistryError> {
+        let mut missing = Vec::new();
+        for (diff_id, blob) in &self.layers {
+            if client.blob_size(repository, &blob.digest).await? != Some(blob.size) {
+                missing.push(diff_id.clone());
+            }
+        }
+        for diff_id in missing {
+            self.layers.remove(&diff_id);
+        }
+        Ok(())
+    }
+
     /// Remembers a blob found elsewhere (the local cache).
     pub fn insert(&mut self, diff_id: Digest, blob: PushedBlob) {
         self.layers.entry(diff_id).or_insert(blob);

@@ -95,6 +95,8 @@ impl PushSettings {
                 .map(str::parse::<PlatformSpec>)
                 .transpose()
                 .map_err(|e| usage(format!("--platform: {e}")))?,
+            single_platform: args.single_platform,
+            runner_platform: PlatformSpec::of_this_machine(),
         };
         let targets = targets(args, env)?;
         let scan = scan_settings(args, &targets)?;
@@ -444,9 +446,12 @@ pub struct EcrCommandSettings {
 }
 
 impl EcrCommandSettings {
+    /// `create_repository`: whether a missing repository may be created (only `tag`, into
+    /// another repository, ever does).
     pub fn from_args(
         args: &EcrCommandArgs,
         repository: &str,
+        create_repository: bool,
         env: &Env,
     ) -> Result<Self, UsageError> {
         validate_repository(repository)?;
@@ -455,7 +460,7 @@ impl EcrCommandSettings {
                 args.registry.as_deref(),
                 &args.aws,
                 RepositorySettings {
-                    create: true,
+                    create: create_repository,
                     ..RepositorySettings::default()
                 },
                 env,
@@ -1095,6 +1100,69 @@ mod tests {
         assert!(parse_registry_url("ftp://x").is_err());
         assert!(parse_registry_url("https://u:p@x").is_err());
         assert!(parse_registry_url("https://x/v2/").is_err());
+    }
+
+    fn aws_args(regions: &[&str], registry_ids: &[&str]) -> AwsArgs {
+        AwsArgs {
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            registry_ids: registry_ids.iter().map(|r| (*r).to_owned()).collect(),
+            role_arn: None,
+            role_session_name: None,
+            role_duration_seconds: None,
+            web_identity_token_file: None,
+            web_identity_token_env: None,
+            audience: "sts.amazonaws.com".into(),
+            ecr_endpoint: None,
+            sts_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn several_regions_and_accounts_are_every_combination() {
+        let args = aws_args(
+            &["eu-west-1", "us-east-1"],
+            &["111111111111", "222222222222"],
+        );
+        let base = aws_settings(&args, &Env::default()).unwrap();
+        let repository = RepositorySettings::default();
+        let targets = ecr_destinations(Vec::new(), 0, &args, &base, &repository).unwrap();
+        let labels: Vec<String> = targets
+            .into_iter()
+            .map(|t| Target::Ecr(Box::new(t)).label())
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                "111111111111 in eu-west-1",
+                "222222222222 in eu-west-1",
+                "111111111111 in us-east-1",
+                "222222222222 in us-east-1",
+            ]
+        );
+
+        // One --registry URL per destination, in that order; any other count is refused.
+        let urls: Vec<Url> = (0..4)
+            .map(|i| parse_registry_url(&format!("https://vpce-{i}.example")).unwrap())
+            .collect();
+        let targets = ecr_destinations(urls.clone(), 0, &args, &base, &repository).unwrap();
+        assert_eq!(
+            targets[3].registry_override.as_ref().map(Url::as_str),
+            Some("https://vpce-3.example/")
+        );
+        assert_eq!(targets[3].aws.registry_id.as_deref(), Some("222222222222"));
+        let error = ecr_destinations(urls[..3].to_vec(), 0, &args, &base, &repository)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("3 --registry URLs for 4 destinations"),
+            "{error}"
+        );
+
+        let bad = aws_args(&["eu-west-1"], &["111111111111", "12345"]);
+        let error = ecr_destinations(Vec::new(), 0, &bad, &base, &repository)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("12-digit"), "{error}");
     }
 
     #[test]

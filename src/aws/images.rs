@@ -1,8 +1,9 @@
 //! Images in an ECR repository, through the ECR API: listing (all pages), deleting in batches,
 //! the children of image indexes (which must never be deleted while their index is kept),
-//! lifecycle policy previews, and replication status.
+//! lifecycle policy previews, and replication status (against the registry's replication
+//! rules).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecr::types::{
@@ -13,7 +14,7 @@ use serde::Serialize;
 use super::{AwsError, api_error};
 
 /// One image of a repository.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImageInfo {
     pub digest: String,
     pub tags: Vec<String>,
@@ -111,14 +112,15 @@ fn aws_smithy_types_secs(time: &aws_sdk_ecr::primitives::DateTime) -> f64 {
     time.as_secs_f64()
 }
 
-/// The manifests an image index refers to (platform images, attestations).
+/// The manifests each image index refers to (platform images, attestations, nested indexes),
+/// by the index's digest.
 pub async fn index_children(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
     repository: &str,
     digests: &[String],
-) -> Result<HashSet<String>, AwsError> {
-    let mut children = HashSet::new();
+) -> Result<HashMap<String, Vec<String>>, AwsError> {
+    let mut children = HashMap::new();
     for batch in digests.chunks(100) {
         let output = ecr
             .batch_get_image()
@@ -138,16 +140,21 @@ pub async fn index_children(
             .await
             .map_err(|e| api_error("ecr:BatchGetImage", Some(repository), &e))?;
         for image in output.images() {
-            let Some(manifest) = image.image_manifest() else {
+            let (Some(manifest), Some(digest)) = (
+                image.image_manifest(),
+                image.image_id().and_then(|id| id.image_digest()),
+            ) else {
                 continue;
             };
             if let Ok(index) = serde_json::from_str::<serde_json::Value>(manifest)
                 && let Some(manifests) = index["manifests"].as_array()
             {
-                children.extend(
+                children.insert(
+                    digest.to_owned(),
                     manifests
                         .iter()
-                        .filter_map(|m| m["digest"].as_str().map(str::to_owned)),
+                        .filter_map(|m| m["digest"].as_str().map(str::to_owned))
+                        .collect(),
                 );
             }
         }
@@ -155,14 +162,23 @@ pub async fn index_children(
     Ok(children)
 }
 
-/// Deletes images by digest, 100 at a time. Returns the digests ECR reported as failed, with
-/// the reason.
+/// An image `BatchDeleteImage` did not delete, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeleteFailure {
+    pub digest: String,
+    /// ECR's failure code (`ImageReferencedByManifestList`, `ImageNotFound`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub reason: String,
+}
+
+/// Deletes images by digest, 100 at a time. Returns what ECR reported as not deleted.
 pub async fn delete(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
     repository: &str,
     digests: &[String],
-) -> Result<Vec<(String, String)>, AwsError> {
+) -> Result<Vec<DeleteFailure>, AwsError> {
     let mut failures = Vec::new();
     for batch in digests.chunks(100) {
         let output = ecr
@@ -179,17 +195,18 @@ pub async fn delete(
             .await
             .map_err(|e| api_error("ecr:BatchDeleteImage", Some(repository), &e))?;
         failures.extend(output.failures().iter().map(|failure| {
-            (
-                failure
+            DeleteFailure {
+                digest: failure
                     .image_id()
                     .and_then(|id| id.image_digest())
                     .unwrap_or("?")
                     .to_owned(),
-                failure
+                code: failure.failure_code().map(|c| c.as_str().to_owned()),
+                reason: failure
                     .failure_reason()
-                    .unwrap_or("unknown reason")
+                    .unwrap_or("no reason given")
                     .to_owned(),
-            )
+            }
         }));
     }
     Ok(failures)
@@ -270,7 +287,7 @@ pub async fn lifecycle_preview(
 }
 
 /// Where an image has been replicated to.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Replica {
     pub region: String,
     pub registry_id: String,
@@ -279,7 +296,24 @@ pub struct Replica {
     pub failure: Option<String>,
 }
 
+/// What `--wait-replication` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// No replication rule of the registry covers the repository: nothing replicates, nothing
+    /// to wait for.
+    NotConfigured,
+    /// Every replica is complete.
+    Complete(Vec<Replica>),
+}
+
 /// Waits until every replica of `digest` is complete (or one failed), up to `timeout`.
+///
+/// An empty `replicationStatuses` is ambiguous: the registry replicates nothing, or ECR has not
+/// recorded the replication yet (it starts after the push). The registry's replication rules
+/// (`DescribeRegistry`) tell which: without a rule for the repository there is nothing to wait
+/// for; with one, an empty answer means "not yet" and is polled again. `DescribeRegistry`
+/// describes the caller's own registry only: for another account's registry the rules cannot
+/// be read, and an empty answer means "not yet".
 pub async fn wait_for_replication(
     ecr: &aws_sdk_ecr::Client,
     registry_id: &str,
@@ -287,7 +321,10 @@ pub async fn wait_for_replication(
     digest: &str,
     timeout: Duration,
     poll: Duration,
-) -> Result<Vec<Replica>, AwsError> {
+) -> Result<Replication, AwsError> {
+    if replicates(ecr, registry_id, repository).await? == Some(false) {
+        return Ok(Replication::NotConfigured);
+    }
     let started = Instant::now();
     loop {
         let output = ecr
@@ -298,18 +335,8 @@ pub async fn wait_for_replication(
             .send()
             .await
             .map_err(|e| api_error("ecr:DescribeImageReplicationStatus", Some(repository), &e))?;
-        let replicas: Vec<Replica> = output
-            .replication_statuses()
-            .iter()
-            .map(|status| Replica {
-                region: status.region().unwrap_or_default().to_owned(),
-                registry_id: status.registry_id().unwrap_or_default().to_owned(),
-                status: status.status().map_or("UNKNOWN", |s| s.as_str()).to_owned(),
-                failure: status.failure_code().map(str::to_owned),
-            })
-            .collect();
-        if let Some(failed) = output
-            .replication_statuses()
+        let statuses = output.replication_statuses();
+        if let Some(failed) = statuses
             .iter()
             .find(|s| s.status() == Some(&ReplicationStatus::Failed))
         {
@@ -322,18 +349,45 @@ pub async fn wait_for_replication(
                 ),
             });
         }
-        let complete = output
-            .replication_statuses()
-            .iter()
-            .all(|s| s.status() == Some(&ReplicationStatus::Complete));
+        let complete = !statuses.is_empty()
+            && statuses
+                .iter()
+                .all(|s| s.status() == Some(&ReplicationStatus::Complete));
         if complete {
-            return Ok(replicas);
+            return Ok(Replication::Complete(
+                statuses
+                    .iter()
+                    .map(|status| Replica {
+                        region: status.region().unwrap_or_default().to_owned(),
+                        registry_id: status.registry_id().unwrap_or_default().to_owned(),
+                        status: status.status().map_or("UNKNOWN", |s| s.as_str()).to_owned(),
+                        failure: status.failure_code().map(str::to_owned),
+                    })
+                    .collect(),
+            ));
         }
         if started.elapsed() + poll > timeout {
+            let state = if statuses.is_empty() {
+                "ECR has recorded no replication of it yet".to_owned()
+            } else {
+                let pending: Vec<String> = statuses
+                    .iter()
+                    .filter(|s| s.status() != Some(&ReplicationStatus::Complete))
+                    .map(|s| {
+                        format!(
+                            "{} {}",
+                            s.region().unwrap_or("?"),
+                            s.status().map_or("UNKNOWN", |s| s.as_str())
+                        )
+                    })
+                    .collect();
+                format!("still pending: {}", pending.join(", "))
+            };
             return Err(AwsError::Api {
                 action: "replication".into(),
                 message: format!(
-                    "{repository}@{digest} is not replicated everywhere after {} s",
+                    "{repository}@{digest} is not replicated everywhere after {} s ({state}); \
+                     raise --replication-timeout or check replication in the ECR console",
                     timeout.as_secs()
                 ),
             });
@@ -342,13 +396,47 @@ pub async fn wait_for_replication(
     }
 }
 
+/// Whether a replication rule of registry `registry_id` covers `repository` (a rule without
+/// repository filters covers every repository; filters match by prefix); `None` when the
+/// registry is not the caller's, whose rules cannot be read.
+async fn replicates(
+    ecr: &aws_sdk_ecr::Client,
+    registry_id: &str,
+    repository: &str,
+) -> Result<Option<bool>, AwsError> {
+    let output = ecr
+        .describe_registry()
+        .send()
+        .await
+        .map_err(|e| api_error("ecr:DescribeRegistry", None, &e))?;
+    if output.registry_id().is_some_and(|id| id != registry_id) {
+        return Ok(None);
+    }
+    Ok(Some(
+        output
+            .replication_configuration()
+            .map(|config| config.rules())
+            .unwrap_or_default()
+            .iter()
+            .filter(|rule| !rule.destinations().is_empty())
+            .any(|rule| {
+                let filters = rule.repository_filters();
+                filters.is_empty() || filters.iter().any(|f| repository.starts_with(f.filter()))
+            }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use aws_sdk_ecr::operation::describe_image_replication_status::DescribeImageReplicationStatusOutput;
+    use aws_sdk_ecr::operation::describe_registry::DescribeRegistryOutput;
     use aws_sdk_ecr::operation::get_lifecycle_policy_preview::GetLifecyclePolicyPreviewOutput;
     use aws_sdk_ecr::operation::start_lifecycle_policy_preview::StartLifecyclePolicyPreviewOutput;
-    use aws_sdk_ecr::types::{ImageReplicationStatus, LifecyclePolicyPreviewResult};
+    use aws_sdk_ecr::types::{
+        ImageReplicationStatus, LifecyclePolicyPreviewResult, ReplicationConfiguration,
+        ReplicationDestination, ReplicationRule, RepositoryFilter, RepositoryFilterType,
+    };
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
     fn replica(region: &str, status: ReplicationStatus) -> ImageReplicationStatus {
@@ -376,11 +464,97 @@ mod tests {
                     .build()
             })
             .build();
-        let ecr = mock_client!(aws_sdk_ecr, [&statuses]);
-        let replicas = wait_for_replication(
-            &ecr,
+        let registry = registry_replicating(&[]);
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&registry, &statuses]);
+        let Replication::Complete(replicas) = wait(&ecr, 5_000).await.unwrap() else {
+            panic!("not complete")
+        };
+        assert_eq!(statuses.num_calls(), 2);
+        assert_eq!(replicas.len(), 2);
+        assert!(replicas.iter().all(|r| r.status == "COMPLETE"));
+    }
+
+    /// `DescribeRegistry` with one rule replicating the repositories named by `prefixes`
+    /// (none: every repository) to us-east-1.
+    fn registry_replicating(prefixes: &[&str]) -> aws_smithy_mocks::Rule {
+        let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
+        mock!(aws_sdk_ecr::Client::describe_registry).then_output(move || {
+            let mut rule = ReplicationRule::builder().destinations(
+                ReplicationDestination::builder()
+                    .region("us-east-1")
+                    .registry_id("1")
+                    .build()
+                    .unwrap(),
+            );
+            for prefix in &prefixes {
+                rule = rule.repository_filters(
+                    RepositoryFilter::builder()
+                        .filter(prefix)
+                        .filter_type(RepositoryFilterType::PrefixMatch)
+                        .build()
+                        .unwrap(),
+                );
+            }
+            DescribeRegistryOutput::builder()
+                .registry_id("1")
+                .replication_configuration(
+                    ReplicationConfiguration::builder()
+                        .rules(rule.build().unwrap())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        })
+    }
+
+    async fn wait(ecr: &aws_sdk_ecr::Client, timeout_ms: u64) -> Result<Replication, AwsError> {
+        wait_for_replication(
+            ecr,
             "1",
-            "r",
+            "team/app",
+            "sha256:x",
+            Duration::from_millis(timeout_ms),
+            Duration::from_millis(1),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn without_a_replication_rule_nothing_is_waited_for() {
+        let no_rules = mock!(aws_sdk_ecr::Client::describe_registry)
+            .then_output(|| DescribeRegistryOutput::builder().registry_id("1").build());
+        let statuses = mock!(aws_sdk_ecr::Client::describe_image_replication_status)
+            .then_output(|| DescribeImageReplicationStatusOutput::builder().build());
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&no_rules, &statuses]);
+        assert_eq!(wait(&ecr, 5_000).await.unwrap(), Replication::NotConfigured);
+        assert_eq!(statuses.num_calls(), 0);
+
+        // A rule for other repositories only is no rule for this one.
+        let elsewhere = registry_replicating(&["other/"]);
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&elsewhere, &statuses]);
+        assert_eq!(wait(&ecr, 5_000).await.unwrap(), Replication::NotConfigured);
+        assert_eq!(statuses.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn another_accounts_registry_is_polled_whatever_the_callers_rules() {
+        // DescribeRegistry answers for the caller's registry "1", with no rules.
+        let own_rules = mock!(aws_sdk_ecr::Client::describe_registry)
+            .then_output(|| DescribeRegistryOutput::builder().registry_id("1").build());
+        let statuses = mock!(aws_sdk_ecr::Client::describe_image_replication_status)
+            .sequence()
+            .output(|| DescribeImageReplicationStatusOutput::builder().build())
+            .output(|| {
+                DescribeImageReplicationStatusOutput::builder()
+                    .replication_statuses(replica("us-east-1", ReplicationStatus::Complete))
+                    .build()
+            })
+            .build();
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&own_rules, &statuses]);
+        let outcome = wait_for_replication(
+            &ecr,
+            "2",
+            "team/app",
             "sha256:x",
             Duration::from_secs(5),
             Duration::from_millis(1),
@@ -388,7 +562,43 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(statuses.num_calls(), 2);
-        assert!(replicas.iter().all(|r| r.status == "COMPLETE"));
+        assert!(matches!(outcome, Replication::Complete(_)));
+    }
+
+    #[tokio::test]
+    async fn replication_not_yet_recorded_is_waited_for() {
+        let registry = registry_replicating(&["team/"]);
+        let statuses = mock!(aws_sdk_ecr::Client::describe_image_replication_status)
+            .sequence()
+            .output(|| DescribeImageReplicationStatusOutput::builder().build())
+            .times(2)
+            .output(|| {
+                DescribeImageReplicationStatusOutput::builder()
+                    .replication_statuses(replica("us-east-1", ReplicationStatus::Complete))
+                    .build()
+            })
+            .build();
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&registry, &statuses]);
+        let outcome = wait(&ecr, 5_000).await.unwrap();
+        assert_eq!(statuses.num_calls(), 3, "empty answers were polled again");
+        assert!(matches!(outcome, Replication::Complete(r) if r.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn replication_never_recorded_times_out() {
+        let registry = registry_replicating(&[]);
+        let statuses = mock!(aws_sdk_ecr::Client::describe_image_replication_status)
+            .sequence()
+            .output(|| DescribeImageReplicationStatusOutput::builder().build())
+            .repeatedly()
+            .build();
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&registry, &statuses]);
+        let error = wait(&ecr, 30).await.unwrap_err().to_string();
+        assert!(
+            error.contains("no replication of it yet") && error.contains("--replication-timeout"),
+            "{error}"
+        );
+        assert!(statuses.num_calls() > 1);
     }
 
     #[tokio::test]
@@ -405,18 +615,9 @@ mod tests {
                     )
                     .build()
             });
-        let ecr = mock_client!(aws_sdk_ecr, [&statuses]);
-        let error = wait_for_replication(
-            &ecr,
-            "1",
-            "r",
-            "sha256:x",
-            Duration::from_secs(5),
-            Duration::from_millis(1),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let registry = registry_replicating(&[]);
+        let ecr = mock_client!(aws_sdk_ecr, RuleMode::MatchAny, [&registry, &statuses]);
+        let error = wait(&ecr, 5_000).await.unwrap_err().to_string();
         assert!(
             error.contains("ap-south-1") && error.contains("KMS_KEY_NOT_FOUND"),
             "{error}"

@@ -62,6 +62,8 @@ pub struct ScanSettings {
     pub ignore: HashSet<String>,
     pub poll_initial: Duration,
     pub poll_max: Duration,
+    /// How long a basic scan on push may take to show up before one is started here.
+    pub start_after: Duration,
 }
 
 impl ScanSettings {
@@ -72,6 +74,7 @@ impl ScanSettings {
             ignore,
             poll_initial: Duration::from_secs(2),
             poll_max: Duration::from_secs(15),
+            start_after: Duration::from_secs(60),
         }
     }
 }
@@ -135,8 +138,14 @@ pub async fn scan_image(
     loop {
         match poll(ecr, registry_id, repository, digest, &scan_type, settings).await? {
             Poll::Done(report) => return Ok(report),
-            Poll::NotFound if !started_scan && started.elapsed() > Duration::from_secs(60) => {
-                // Scan on push did not start: start one ourselves.
+            // Basic scan on push did not start: start one here. Never with enhanced scanning:
+            // Inspector decides what it scans (its repository filters), and StartImageScan
+            // would be refused or start a basic scan the registry does not use.
+            Poll::NotFound
+                if scan_type == ScanType::Basic
+                    && !started_scan
+                    && started.elapsed() >= settings.start_after =>
+            {
                 started_scan = start_scan(ecr, registry_id, repository, digest).await?;
             }
             Poll::NotFound | Poll::Pending => {}
@@ -387,7 +396,68 @@ mod tests {
             ignore: ignore.iter().map(|s| (*s).to_owned()).collect(),
             poll_initial: Duration::from_millis(1),
             poll_max: Duration::from_millis(5),
+            start_after: Duration::ZERO,
         }
+    }
+
+    fn not_found() -> DescribeImageScanFindingsError {
+        DescribeImageScanFindingsError::ScanNotFoundException(
+            ScanNotFoundException::builder().build(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_scan_on_push_that_never_started_is_started_here() {
+        let config = scan_type(ScanType::Basic);
+        let start = mock!(aws_sdk_ecr::Client::start_image_scan)
+            .then_output(|| StartImageScanOutput::builder().build());
+        let findings = mock!(aws_sdk_ecr::Client::describe_image_scan_findings)
+            .sequence()
+            .error(not_found)
+            .output(|| {
+                DescribeImageScanFindingsOutput::builder()
+                    .image_scan_status(status(ScanStatus::Complete))
+                    .build()
+            })
+            .build();
+        let ecr = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::MatchAny,
+            [&config, &start, &findings]
+        );
+        scan_image(&ecr, "1", "r", "sha256:x", true, &fast(5_000, None, &[]))
+            .await
+            .unwrap();
+        assert_eq!(start.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn enhanced_scanning_is_never_started_here() {
+        let config = scan_type(ScanType::Enhanced);
+        let start = mock!(aws_sdk_ecr::Client::start_image_scan)
+            .then_output(|| StartImageScanOutput::builder().build());
+        let findings = mock!(aws_sdk_ecr::Client::describe_image_scan_findings)
+            .sequence()
+            .error(not_found)
+            .times(3)
+            .output(|| {
+                DescribeImageScanFindingsOutput::builder()
+                    .image_scan_status(status(ScanStatus::Active))
+                    .build()
+            })
+            .build();
+        let ecr = mock_client!(
+            aws_sdk_ecr,
+            RuleMode::MatchAny,
+            [&config, &start, &findings]
+        );
+        // Not scanned on push as far as the repository says, and not found for a while.
+        let report = scan_image(&ecr, "1", "r", "sha256:x", false, &fast(5_000, None, &[]))
+            .await
+            .unwrap();
+        assert_eq!(findings.num_calls(), 4);
+        assert_eq!(start.num_calls(), 0, "Inspector scans by itself");
+        assert_eq!(report.status, "ACTIVE");
     }
 
     fn scan_type(kind: ScanType) -> aws_smithy_mocks::Rule {

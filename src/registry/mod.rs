@@ -23,7 +23,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use oci_spec::image::Digest;
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LINK, LOCATION,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -754,11 +755,14 @@ impl Client {
         location_allowed(&self.base, url)
     }
 
-    /// Up to `limit` tags of a repository (`tags/list?n=`); empty if it does not exist.
+    /// The tags of a repository (`tags/list?n=page_size`), following the `Link: <…>;
+    /// rel="next"` of each page for at most `max_pages` pages; empty if it does not exist.
+    /// (<https://github.com/opencontainers/distribution-spec/blob/main/spec.md#listing-tags>)
     pub async fn list_tags(
         &self,
         repository: &str,
-        limit: usize,
+        page_size: usize,
+        max_pages: usize,
     ) -> Result<Vec<String>, RegistryError> {
         #[derive(Deserialize)]
         struct TagList {
@@ -766,24 +770,43 @@ impl Client {
             tags: Option<Vec<String>>,
         }
         let mut url = self.endpoint(repository, "tags/list");
-        url.query_pairs_mut().append_pair("n", &limit.to_string());
+        url.query_pairs_mut()
+            .append_pair("n", &page_size.to_string());
         let operation = format!("list the tags of {repository}");
-        let response = self
-            .execute(&operation, &push_scope(repository), &|| {
-                self.http.get(url.clone())
-            })
-            .await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(Vec::new()),
-            _ => return Err(RegistryError::from_response(&operation, response).await),
+        let mut tags = Vec::new();
+        for _ in 0..max_pages {
+            let response = self
+                .execute(&operation, &push_scope(repository), &|| {
+                    self.http.get(url.clone())
+                })
+                .await?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Ok(tags),
+                _ => return Err(RegistryError::from_response(&operation, response).await),
+            }
+            // Only to the registry itself: the next page must not take the credentials
+            // elsewhere.
+            let next = response
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .and_then(|link| url.join(link).ok())
+                .filter(|next| next.origin() == self.base.origin());
+            let body = read_limited(response, 4 * 1024 * 1024)
+                .await
+                .map_err(|e| RegistryError::transport(&operation, &e))?;
+            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
+                RegistryError::Protocol(format!("{operation}: not a tag list: {e}"))
+            })?;
+            tags.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
         }
-        let body = read_limited(response, 4 * 1024 * 1024)
-            .await
-            .map_err(|e| RegistryError::transport(&operation, &e))?;
-        let list: TagList = serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::Protocol(format!("{operation}: not a tag list: {e}")))?;
-        Ok(list.tags.unwrap_or_default())
+        Ok(tags)
     }
 
     /// Puts a manifest or index under `reference` (a tag or its digest).
@@ -943,6 +966,21 @@ impl Client {
             Err(RegistryError::from_response(&operation, response).await)
         }
     }
+}
+
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288), e.g.
+/// `</v2/app/tags/list?n=2&last=b>; rel="next"`.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let is_next = params.split(';').any(|param| {
+            param
+                .trim()
+                .strip_prefix("rel=")
+                .is_some_and(|rel| rel.trim_matches('"').split(' ').any(|r| r == "next"))
+        });
+        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>'))
+    })
 }
 
 /// Same scheme, host and port as the registry (`base`); or another host only over HTTPS and
@@ -1184,6 +1222,20 @@ mod tests {
             &ClientOptions::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn next_links_are_found_in_link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/app/tags/list?n=2&last=b>; rel="next""#),
+            Some("/v2/app/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/prev>; rel="prev", <https://x/next>; rel=next"#),
+            Some("https://x/next")
+        );
+        assert_eq!(next_link(r#"</v2/app/tags/list?n=2>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

@@ -256,6 +256,106 @@ pub struct Selection {
     pub image: Option<String>,
     /// `--platform`, to push one platform of a multi-platform image as a plain manifest.
     pub platform: Option<PlatformSpec>,
+    /// `--single-platform`: push one image manifest, never an index or attestation manifests
+    /// (Lambda and some scanners refuse indexes). Which one: `platform` if given, else the only
+    /// image of the index, else the one for `runner_platform`.
+    pub single_platform: bool,
+    /// The platform this program runs on, for `--single-platform` without `--platform`.
+    pub runner_platform: Option<PlatformSpec>,
+}
+
+impl PlatformSpec {
+    /// The Linux platform of the machine this binary was built for (`linux/amd64` on x86-64,
+    /// `linux/arm64` on aarch64): what a CI runner builds for by default. Images are Linux
+    /// images even on macOS and Windows runners.
+    pub fn of_this_machine() -> Option<Self> {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+            _ => return None,
+        };
+        Some(Self {
+            os: "linux".to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        })
+    }
+}
+
+/// An image manifest of an index, as `--single-platform` chooses among them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// `os/arch[/variant]`, when the index says.
+    pub platform: Option<String>,
+    pub digest: String,
+}
+
+/// Picks the one image `--single-platform` pushes: the only candidate, else the only one for
+/// the runner's platform. Attestation manifests are not candidates. The error says what there
+/// is and how to choose.
+pub fn choose_single(
+    candidates: &[Candidate],
+    runner: Option<&PlatformSpec>,
+) -> Result<usize, SourceError> {
+    let describe = |c: &Candidate| {
+        c.platform
+            .clone()
+            .unwrap_or_else(|| format!("(no platform) {}", c.digest))
+    };
+    let listed = || {
+        candidates
+            .iter()
+            .map(describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match candidates {
+        [] => {
+            return Err(SourceError::Selection(
+                "--single-platform: the image index lists no image manifest (only attestations \
+                 or nothing); there is nothing to push as a single image"
+                    .into(),
+            ));
+        }
+        [_] => return Ok(0),
+        _ => {}
+    }
+    let Some(runner) = runner else {
+        return Err(SourceError::Selection(format!(
+            "--single-platform: the image has {} platforms ({}) and this machine's platform is \
+             not one a container image has; choose one with --platform os/arch",
+            candidates.len(),
+            listed()
+        )));
+    };
+    let matching: Vec<usize> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.platform.as_deref().is_some_and(|p| runner.matches(p)))
+        .map(|(i, _)| i)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(SourceError::Selection(format!(
+            "--single-platform: the image has no {runner} manifest (this runner's platform) \
+             but several others: {}; choose one with --platform os/arch",
+            listed()
+        ))),
+        several => Err(SourceError::Selection(format!(
+            "--single-platform: {} manifests match this runner's platform {runner} ({}); \
+             choose one with --platform os/arch/variant",
+            several.len(),
+            several
+                .iter()
+                .map(|i| format!("{} {}", describe(&candidates[*i]), candidates[*i].digest))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Reads the image at `path` (file or directory). Temporary data (a decompressed copy of a
@@ -448,6 +548,58 @@ mod tests {
         assert!("linux".parse::<PlatformSpec>().is_err());
         assert!("linux/amd64/v2/x".parse::<PlatformSpec>().is_err());
         assert!("linux//amd64".parse::<PlatformSpec>().is_err());
+    }
+
+    fn candidate(platform: Option<&str>, digest: &str) -> Candidate {
+        Candidate {
+            platform: platform.map(str::to_owned),
+            digest: digest.to_owned(),
+        }
+    }
+
+    #[test]
+    fn single_platform_takes_the_only_image_then_the_runners() {
+        let amd64: PlatformSpec = "linux/amd64".parse().unwrap();
+        // One image (buildx: one platform plus its attestation, which is no candidate).
+        assert_eq!(
+            choose_single(&[candidate(Some("linux/arm64"), "a")], Some(&amd64)).unwrap(),
+            0
+        );
+        let two = [
+            candidate(Some("linux/arm64"), "a"),
+            candidate(Some("linux/amd64"), "b"),
+        ];
+        assert_eq!(choose_single(&two, Some(&amd64)).unwrap(), 1);
+        let error = choose_single(&two, None).unwrap_err().to_string();
+        assert!(error.contains("--platform"), "{error}");
+        let other = [
+            candidate(Some("linux/arm64"), "a"),
+            candidate(Some("linux/s390x"), "b"),
+        ];
+        let error = choose_single(&other, Some(&amd64)).unwrap_err().to_string();
+        assert!(
+            error.contains("linux/arm64, linux/s390x") && error.contains("--platform"),
+            "{error}"
+        );
+        let ambiguous = [
+            candidate(Some("linux/amd64"), "a"),
+            candidate(Some("linux/amd64/v3"), "b"),
+        ];
+        let error = choose_single(&ambiguous, Some(&amd64))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("2 manifests match"), "{error}");
+        assert!(choose_single(&[], Some(&amd64)).is_err());
+    }
+
+    #[test]
+    fn this_machine_has_a_linux_platform() {
+        let platform = PlatformSpec::of_this_machine();
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(platform.unwrap().to_string(), "linux/amd64");
+        } else if cfg!(target_arch = "aarch64") {
+            assert_eq!(platform.unwrap().to_string(), "linux/arm64");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::store::Store;
 use super::{
     Blob, ConfigSummary, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Document, ImageIndex,
     ImageManifest, ImageNode, Layer, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ManifestSource,
-    OCI_INDEX, OCI_MANIFEST, PlatformSpec, Selection, SourceError, blob_path, name_matches,
-    read_verified,
+    OCI_INDEX, OCI_MANIFEST, PlatformSpec, Selection, SourceError, blob_path, choose_single,
+    name_matches, read_verified,
 };
 use crate::blob::BlobSource;
 
@@ -60,6 +60,8 @@ pub fn read(
     let resolver = Resolver {
         store,
         platform: selection.platform.as_ref(),
+        single: selection.single_platform,
+        runner: selection.runner_platform.as_ref(),
     };
     if let Some(entry) = chosen {
         let name = entry_names(entry).into_iter().next();
@@ -188,6 +190,20 @@ fn platform_of(descriptor: &Descriptor) -> Option<String> {
     Some(text)
 }
 
+/// `BuildKit`'s attestation manifests (provenance, SBOM) sit in an index beside the images they
+/// describe, marked by an annotation, with platform `unknown/unknown`.
+fn is_attestation(descriptor: &Descriptor) -> bool {
+    let annotated = descriptor.annotations().as_ref().is_some_and(|a| {
+        a.get("vnd.docker.reference.type")
+            .is_some_and(|t| t == "attestation-manifest")
+    });
+    annotated
+        || descriptor
+            .platform()
+            .as_ref()
+            .is_some_and(|p| p.os().to_string() == "unknown")
+}
+
 fn is_index(descriptor: &Descriptor) -> bool {
     let media_type = descriptor.media_type().to_string();
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
@@ -207,6 +223,10 @@ fn require_sha256(descriptor: &Descriptor) -> Result<(), SourceError> {
 struct Resolver<'a> {
     store: &'a Store,
     platform: Option<&'a PlatformSpec>,
+    /// `--single-platform`.
+    single: bool,
+    /// The runner's platform, for `--single-platform` (if known).
+    runner: Option<&'a PlatformSpec>,
 }
 
 impl Resolver<'_> {
@@ -259,6 +279,19 @@ impl Resolver<'_> {
                         ))
                     })
                 });
+        }
+        if self.single {
+            let mut candidates = Vec::new();
+            self.single_candidates(children, depth, &mut candidates)?;
+            let listed: Vec<super::Candidate> = candidates
+                .iter()
+                .map(|c| super::Candidate {
+                    platform: platform_of(c),
+                    digest: c.digest().to_string(),
+                })
+                .collect();
+            let chosen = choose_single(&listed, self.runner)?;
+            return self.resolve(&candidates[chosen], depth);
         }
         let mut resolved = Vec::with_capacity(children.len());
         let mut missing = Vec::new();
@@ -314,6 +347,26 @@ impl Resolver<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// The image manifests `--single-platform` may choose from, through nested indexes:
+    /// attestation manifests are not images, and a platform whose manifest is not in the source
+    /// (Docker 29 after pulling one platform) cannot be pushed.
+    fn single_candidates(
+        &self,
+        children: &[Descriptor],
+        depth: usize,
+        found: &mut Vec<Descriptor>,
+    ) -> Result<(), SourceError> {
+        for child in children {
+            if is_index(child) {
+                let (_, nested) = self.read_index(child, depth)?;
+                self.single_candidates(nested.manifests(), depth + 1, found)?;
+            } else if !is_attestation(child) && self.store.contains(&blob_path(child.digest())) {
+                found.push(child.clone());
+            }
+        }
+        Ok(())
     }
 
     fn read_index(

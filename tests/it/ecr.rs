@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::harness::aws_recorder::AwsRecorder;
 use crate::harness::images::{self, ImageSpec};
+use crate::harness::mirror::Mirror;
 use crate::harness::moto::Moto;
 use crate::harness::oidc::OidcServer;
 use crate::harness::proxy::{Action, Kind, Proxy};
@@ -976,22 +977,12 @@ fn several_regions_each_get_the_repository_and_the_image() {
     }
 }
 
-/// An OCI layout whose image is also known to moto's ECR API, as it would be in real ECR.
-fn image_known_to_ecr(ecr: &Ecr, dir: &std::path::Path, repository: &str) -> images::Facts {
+/// An OCI layout, and a mirror in front of the registry through which a push reaches moto's
+/// ECR API too, as a push reaches the ECR API in real ECR.
+fn scanned_image(ecr: &Ecr, dir: &std::path::Path) -> (images::Facts, Mirror) {
     let facts = images::oci_layout(dir, &ImageSpec::new("scanned"));
-    ecr.moto.ecr(
-        ACCOUNT,
-        "CreateRepository",
-        &json!({"registryId": ACCOUNT, "repositoryName": repository}),
-    );
-    let manifest = std::fs::read(
-        dir.join("blobs/sha256")
-            .join(facts.digest.trim_start_matches("sha256:")),
-    )
-    .unwrap();
-    ecr.moto
-        .put_image(ACCOUNT, repository, &manifest, images::OCI_MANIFEST, SHA);
-    facts
+    let mirror = Mirror::start(&ecr.registry.url(), &ecr.moto.url(), ACCOUNT, REGION);
+    (facts, mirror)
 }
 
 #[test]
@@ -999,7 +990,7 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
     let ecr = Ecr::start();
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let facts = image_known_to_ecr(&ecr, &layout, "team/scanned");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
     let summary = dir.path().join("summary.md");
     let output = dir.path().join("output");
     let mut env = ecr.github_env();
@@ -1008,11 +999,7 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
         summary.to_str().unwrap().into(),
     ));
     env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
-    let args = ecr.push_args(
-        layout.to_str().unwrap(),
-        "team/scanned",
-        &ecr.registry.url(),
-    );
+    let args = ecr.push_args(layout.to_str().unwrap(), "team/scanned", &mirror.url());
 
     // moto's scan always finds one HIGH finding, CVE-9999-9999.
     let gated = ecr.run(
@@ -1063,13 +1050,14 @@ fn scan_gate_fails_on_findings_at_or_above_the_threshold() {
         &ecr.github_env(),
     )
     .success();
+    mirror.assert_no_errors();
 }
 
 #[test]
 fn scan_findings_configured_in_the_emulator_are_counted() {
     let ecr = Ecr::start();
     let dir = tempfile::tempdir().unwrap();
-    let facts = image_known_to_ecr(&ecr, dir.path(), "team/findings");
+    let (facts, mirror) = scanned_image(&ecr, dir.path());
     let finding = |id: &str, severity: &str| {
         json!({"name": id, "severity": severity, "uri": format!("https://nvd.nist.gov/vuln/detail/{id}"),
                "attributes": [{"key": "package_name", "value": "openssl"}, {"key": "package_version", "value": "3.0.1"}]})
@@ -1089,11 +1077,7 @@ fn scan_findings_configured_in_the_emulator_are_counted() {
         }),
     );
     let run = ecr.run(
-        &ecr.push_args(
-            dir.path().to_str().unwrap(),
-            "team/findings",
-            &ecr.registry.url(),
-        ),
+        &ecr.push_args(dir.path().to_str().unwrap(), "team/findings", &mirror.url()),
         &strings(&["--fail-on-severity", "CRITICAL"]),
         &ecr.github_env(),
     );
@@ -1102,6 +1086,116 @@ fn scan_findings_configured_in_the_emulator_are_counted() {
     assert_eq!(report["scan_findings"], json!({"CRITICAL": 1, "MEDIUM": 2}));
     assert_eq!(report["scans"][0]["worst"][0]["id"], "CVE-2024-1");
     assert_eq!(report["scans"][0]["worst"][0]["package"], "openssl 3.0.1");
+    mirror.assert_no_errors();
+}
+
+#[test]
+fn a_scan_that_times_out_still_reports_the_pushed_image() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
+    // Enhanced scanning (Inspector) decides itself what it scans; moto never scans this image.
+    ecr.moto.ecr(
+        ACCOUNT,
+        "PutRegistryScanningConfiguration",
+        &json!({"scanType": "ENHANCED", "rules": []}),
+    );
+    let (summary, output) = (dir.path().join("summary.md"), dir.path().join("output"));
+    let mut env = ecr.github_env();
+    env.push((
+        "GITHUB_STEP_SUMMARY".into(),
+        summary.to_str().unwrap().into(),
+    ));
+    env.push(("GITHUB_OUTPUT".into(), output.to_str().unwrap().into()));
+    let run = ecr.run(
+        &ecr.push_args(layout.to_str().unwrap(), "team/slow-scan", &mirror.url()),
+        &strings(&["--fail-on-severity", "HIGH", "--scan-timeout", "3"]),
+        &env,
+    );
+    run.failure(1);
+    assert!(
+        run.stderr.contains("pushed and verified") && run.stderr.contains("--scan-timeout"),
+        "{}",
+        run.stderr
+    );
+    // The image is there, and everything that reports it was written.
+    let report = run.json();
+    assert_eq!(report["digest"], facts.digest.as_str());
+    assert!(
+        report["scan_error"].as_str().unwrap().contains("no result"),
+        "{report}"
+    );
+    assert!(
+        report.get("scan_gate").is_none(),
+        "no verdict without a scan: {report}"
+    );
+    let outputs = parse_outputs(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(outputs["digest"], facts.digest);
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.contains(&facts.digest) && summary.contains("**failed**"),
+        "{summary}"
+    );
+    assert_eq!(
+        ecr.registry
+            .manifest_digest("team/slow-scan", SHA)
+            .as_deref(),
+        Some(facts.digest.as_str())
+    );
+    // No basic scan was started behind Inspector's back: moto still has none for the image.
+    let describe = crate::harness::moto::ecr_call(
+        &ecr.moto.url(),
+        &crate::harness::moto::access_key(&ecr.moto.url(), ACCOUNT),
+        REGION,
+        "DescribeImageScanFindings",
+        &json!({"registryId": ACCOUNT, "repositoryName": "team/slow-scan", "imageId": {"imageDigest": facts.digest}}),
+    );
+    let (_, error) = describe.expect_err("no scan was started");
+    assert!(error.contains("ScanNotFoundException"), "{error}");
+    mirror.assert_no_errors();
+}
+
+#[test]
+fn wait_replication_without_a_rule_returns_at_once_and_with_one_reports_a_failed_wait() {
+    let ecr = Ecr::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let (facts, mirror) = scanned_image(&ecr, &layout);
+    let args = ecr.push_args(layout.to_str().unwrap(), "team/replicated", &mirror.url());
+
+    // The registry has no replication rule: nothing replicates, nothing to wait for (an empty
+    // replication status must not be taken for "complete", nor waited on).
+    let run = ecr.run(&args, &strings(&["--wait-replication"]), &ecr.github_env());
+    run.success();
+    let report = run.json();
+    assert_eq!(report["replication_status"], "not_configured", "{report}");
+    assert!(
+        run.stderr
+            .contains("no replication rule for team/replicated"),
+        "{}",
+        run.stderr
+    );
+
+    // With a rule, the wait happens; here it cannot succeed (moto does not record replication
+    // status), and the push still reports its image, then exits 1.
+    ecr.moto.ecr(
+        ACCOUNT,
+        "PutReplicationConfiguration",
+        &json!({"replicationConfiguration": {"rules": [{"destinations": [{"region": "us-east-1", "registryId": ACCOUNT}]}]}}),
+    );
+    let run = ecr.run(
+        &args,
+        &strings(&["--wait-replication", "--replication-timeout", "2"]),
+        &ecr.github_env(),
+    );
+    run.failure(1);
+    let report = run.json();
+    assert_eq!(report["digest"], facts.digest.as_str());
+    assert_eq!(report["replication_status"], "failed", "{report}");
+    assert!(report["replication_error"].is_string(), "{report}");
+    assert!(run.stderr.contains("pushed and verified"), "{}", run.stderr);
+    mirror.assert_no_errors();
 }
 
 #[test]

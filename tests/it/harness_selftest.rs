@@ -663,3 +663,76 @@ fn generators_are_deterministic() {
     }
     assert!(files >= 5, "sources, a binary and a README: {files}");
 }
+
+#[test]
+fn mirror_puts_what_the_registry_accepted_into_the_ecr_api() {
+    use crate::harness::mirror::Mirror;
+    use crate::harness::moto::Moto;
+    const ACCOUNT: &str = "123456789012";
+    let moto = Moto::start();
+    let registry = Registry::start();
+    moto.ecr(
+        ACCOUNT,
+        "CreateRepository",
+        &serde_json::json!({"repositoryName": "team/mirror"}),
+    );
+    let mirror = Mirror::start(&registry.url(), &moto.url(), ACCOUNT, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    // skopeo cannot copy nested indexes; a flat one with attestations, as buildx writes it.
+    let facts = TestImage::new("mirror")
+        .write_oci_layout_attested(dir.path(), &["linux/amd64", "linux/arm64"]);
+    assert_eq!(facts.attestations.len(), 2);
+
+    // skopeo, an independent client, pushes the index (checking every blob) through the
+    // mirror; the registry keeps its digest.
+    let mirror_host = mirror.url().trim_start_matches("http://").to_owned();
+    skopeo::copy(
+        &format!("oci:{}:v1", dir.path().display()),
+        &format!("docker://{mirror_host}/team/mirror:v1"),
+        None,
+    );
+    mirror.assert_no_errors();
+    assert_eq!(
+        registry.manifest_digest("team/mirror", "v1").as_deref(),
+        Some(facts.digest.as_str())
+    );
+
+    let described = moto.ecr(
+        ACCOUNT,
+        "DescribeImages",
+        &serde_json::json!({"repositoryName": "team/mirror"}),
+    );
+    let details = described["imageDetails"].as_array().unwrap();
+    let find = |digest: &str| {
+        details
+            .iter()
+            .find(|d| d["imageDigest"] == digest)
+            .unwrap_or_else(|| panic!("{digest} is not in the ECR API: {described}"))
+    };
+    let root = find(&facts.digest);
+    assert_eq!(root["imageTags"], serde_json::json!(["v1"]));
+    assert_eq!(root["imageManifestMediaType"], OCI_INDEX);
+    let parts: Vec<&String> = facts
+        .attestations
+        .iter()
+        .chain(facts.platforms.iter().map(|p| &p.1))
+        .collect();
+    for digest in &parts {
+        let image = find(digest);
+        assert!(
+            image["imageTags"].as_array().is_none_or(Vec::is_empty),
+            "{digest} was put by digest, untagged: {image}"
+        );
+    }
+    assert_eq!(details.len(), 1 + parts.len());
+
+    // The exact bytes: what the ECR API returns hashes to the digest the registry has.
+    let got = moto.ecr(
+        ACCOUNT,
+        "BatchGetImage",
+        &serde_json::json!({"repositoryName": "team/mirror", "imageIds": [{"imageTag": "v1"}]}),
+    );
+    let manifest = got["images"][0]["imageManifest"].as_str().unwrap();
+    assert_eq!(sha256(manifest.as_bytes()), facts.digest);
+    assert_eq!(mirror.mirrored().len(), 1 + parts.len());
+}

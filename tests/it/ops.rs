@@ -1,26 +1,46 @@
 //! Repository operations (`tag`, `status`, `images`, `cleanup`, `lifecycle`) against moto and
-//! a real registry.
+//! a real registry. Images get there as in ECR: pushed by ecr-push over the registry API, and
+//! seen by the ECR API because the harness mirror puts every accepted manifest into moto.
+
+use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::harness::images::{self, ImageSpec};
+use crate::harness::images::{self, ImageSpec, TestImage};
+use crate::harness::mirror::Mirror;
 use crate::harness::moto::Moto;
-use crate::harness::{Registry, Run, ecr_push, sha256, skopeo};
+use crate::harness::proxy::{Action, Kind, Modify};
+use crate::harness::{Facts, Registry, Run, ecr_push, sha256, skopeo};
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "eu-west-1";
 
-/// moto with the default account's credentials, and its registry data plane.
+/// moto with the default account's credentials, its registry data plane, and the mirror
+/// between ecr-push and the registry.
 struct Setup {
     moto: Moto,
     registry: Registry,
+    mirror: Mirror,
+    dir: tempfile::TempDir,
 }
 
 impl Setup {
     fn start() -> Self {
+        Self::start_with(|_| Action::Forward)
+    }
+
+    /// With `hook` deciding about each request on its way to the registry.
+    fn start_with(
+        hook: impl Fn(&crate::harness::proxy::Seen) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        let moto = Moto::start();
+        let registry = Registry::start_with_basic_auth("AWS", &format!("{ACCOUNT}-auth-token"));
+        let mirror = Mirror::start_with(&registry.url(), &moto.url(), ACCOUNT, REGION, hook);
         Self {
-            moto: Moto::start(),
-            registry: Registry::start_with_basic_auth("AWS", &format!("{ACCOUNT}-auth-token")),
+            moto,
+            registry,
+            mirror,
+            dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -32,9 +52,14 @@ impl Setup {
         ]
     }
 
-    /// `ecr-push <args> --registry … --ecr-endpoint … --sts-endpoint …`.
+    /// `ecr-push <args> --registry <mirror> --ecr-endpoint … --sts-endpoint …`.
     fn run(&self, args: &[&str]) -> Run {
-        let url = self.registry.url();
+        self.run_env(args, &[])
+    }
+
+    /// [`Setup::run`] with more environment variables.
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let url = self.mirror.url();
         let moto = self.moto.url();
         let mut all: Vec<&str> = args.to_vec();
         all.extend([
@@ -45,77 +70,93 @@ impl Setup {
             "--sts-endpoint",
             &moto,
         ]);
-        ecr_push(all, &Self::env())
+        let mut env_all = Self::env();
+        env_all.extend_from_slice(env);
+        ecr_push(all, &env_all)
+    }
+
+    /// Pushes a written image (`layout` under the setup's directory) as `repository:tag`.
+    fn push(&self, layout: &str, repository: &str, tag: &str) {
+        let path = self.dir.path().join(layout);
+        self.run(&[
+            "push",
+            path.to_str().unwrap(),
+            "--repository",
+            repository,
+            "--tag",
+            tag,
+        ])
+        .success();
+    }
+
+    /// Writes an OCI layout of `image` under the setup's directory.
+    fn layout(&self, name: &str, write: impl FnOnce(&std::path::Path) -> Facts) -> Facts {
+        write(&self.dir.path().join(name))
     }
 
     fn ecr(&self, action: &str, body: &serde_json::Value) -> serde_json::Value {
         self.moto.ecr(ACCOUNT, action, body)
     }
 
-    fn put(
-        &self,
-        repository: &str,
-        manifest: &serde_json::Value,
-        media_type: &str,
-        tag: Option<&str>,
-    ) -> String {
-        let bytes = serde_json::to_vec(manifest).unwrap();
-        let mut body = json!({
-            "registryId": ACCOUNT, "repositoryName": repository, "imageManifest": String::from_utf8(bytes.clone()).unwrap(),
-            "imageManifestMediaType": media_type, "imageDigest": sha256(&bytes),
-        });
-        if let Some(tag) = tag {
-            body["imageTag"] = json!(tag);
-        }
-        self.ecr("PutImage", &body);
-        sha256(&bytes)
-    }
-
-    fn remaining(&self, repository: &str) -> Vec<String> {
+    /// Digest → tags of every image moto's ECR API knows in `repository`.
+    fn images(&self, repository: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
         let images = self.ecr(
             "DescribeImages",
             &json!({"registryId": ACCOUNT, "repositoryName": repository}),
         );
-        let mut digests: Vec<String> = images["imageDetails"]
+        images["imageDetails"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| i["imageDigest"].as_str().unwrap().to_owned())
-            .collect();
-        digests.sort();
-        digests
+            .map(|i| {
+                (
+                    i["imageDigest"].as_str().unwrap().to_owned(),
+                    i["imageTags"]
+                        .as_array()
+                        .map(|tags| {
+                            tags.iter()
+                                .map(|t| t.as_str().unwrap().to_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn remaining(&self, repository: &str) -> BTreeSet<String> {
+        self.images(repository).into_keys().collect()
     }
 }
 
-fn manifest(seed: &str) -> serde_json::Value {
-    let config = sha256(seed.as_bytes());
-    json!({"schemaVersion": 2, "mediaType": images::OCI_MANIFEST,
-           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 10},
-           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(format!("layer {seed}").as_bytes()), "size": 20}]})
+fn set(digests: &[&str]) -> BTreeSet<String> {
+    digests.iter().map(|d| (*d).to_owned()).collect()
 }
 
-fn sorted(mut digests: Vec<String>) -> Vec<String> {
-    digests.sort();
-    digests
+/// The digests of a JSON list of images (or of digest strings) in a report.
+fn digests_of(value: &serde_json::Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["digest"].as_str().or(i.as_str()).unwrap().to_owned())
+        .collect()
 }
 
 #[test]
 fn tag_promotes_without_uploading_within_and_across_repositories() {
     let setup = Setup::start();
-    let dir = tempfile::tempdir().unwrap();
-    let facts = images::oci_layout(dir.path(), &ImageSpec::new("promote"));
-    setup
-        .run(&[
-            "push",
-            dir.path().to_str().unwrap(),
-            "--repository",
-            "team/app",
-            "--tag",
-            "build-1",
-        ])
-        .success();
+    let facts = setup.layout("promote", |dir| {
+        images::oci_layout(dir, &ImageSpec::new("promote"))
+    });
+    setup.push("promote", "team/app", "build-1");
+    assert_eq!(
+        setup.images("team/app")[&facts.digest],
+        set(&["build-1"]),
+        "the ECR API sees the pushed image"
+    );
 
-    // Same repository: new tags on the same manifest.
+    // Same repository: new tags on the same manifest, nothing moved.
     let run = setup.run(&[
         "tag",
         &format!("team/app@{}", facts.digest),
@@ -127,15 +168,14 @@ fn tag_promotes_without_uploading_within_and_across_repositories() {
     ]);
     run.success();
     assert_eq!(run.field("digest"), facts.digest);
+    assert_eq!(run.json()["blobs_mounted"], 0);
     assert_eq!(run.json()["blobs_copied"], 0);
-    for tag in ["prod", "v1.2.3"] {
-        assert_eq!(
-            setup.registry.manifest_digest("team/app", tag).as_deref(),
-            Some(facts.digest.as_str())
-        );
-    }
+    assert_eq!(
+        setup.images("team/app")[&facts.digest],
+        set(&["build-1", "prod", "v1.2.3"])
+    );
 
-    // Another repository: created, blobs mounted or copied, the digest kept.
+    // Another repository: created, every blob (config and 3 layers) mounted, the digest kept.
     let run = setup.run(&[
         "tag",
         "team/app:build-1",
@@ -147,13 +187,9 @@ fn tag_promotes_without_uploading_within_and_across_repositories() {
     ]);
     run.success();
     assert_eq!(run.field("digest"), facts.digest);
-    assert_eq!(
-        setup.ecr(
-            "DescribeRepositories",
-            &json!({"repositoryNames": ["team/app-prod"]})
-        )["repositories"][0]["repositoryName"],
-        "team/app-prod"
-    );
+    assert_eq!(run.json()["blobs_mounted"], 4, "{}", run.stdout);
+    assert_eq!(run.json()["blobs_copied"], 0);
+    assert_eq!(setup.images("team/app-prod")[&facts.digest], set(&["prod"]));
     let reference = format!("{}/team/app-prod:prod", setup.registry.host());
     assert_eq!(
         skopeo::remote_digest(&reference, setup.registry.skopeo_creds()),
@@ -170,19 +206,123 @@ fn tag_promotes_without_uploading_within_and_across_repositories() {
         "{}",
         missing.stderr
     );
+    setup.mirror.assert_no_errors();
+}
+
+#[test]
+fn tag_copies_what_the_registry_will_not_mount() {
+    // A registry that cannot mount (ECR without blob mounting, other encryption) answers the
+    // mount request with 202, a plain upload session: here the mount parameters are dropped on
+    // the way, so the registry starts a real session.
+    let setup = Setup::start_with(|seen| {
+        if seen.kind == Kind::StartUpload && seen.target.contains("mount=") {
+            Action::ForwardModified(Modify {
+                strip_query: true,
+                ..Modify::default()
+            })
+        } else {
+            Action::Forward
+        }
+    });
+    let facts = setup.layout("multi", |dir| {
+        TestImage::new("copied").write_oci_layout_multi(dir, &["linux/amd64", "linux/arm64"])
+    });
+    setup.push("multi", "team/src", "v1");
+    let proxy = setup.mirror.proxy();
+    let commits_before = proxy.count(Kind::CommitUpload);
+
+    let run = setup.run(&[
+        "tag",
+        "team/src:v1",
+        "--tag",
+        "release",
+        "--repository",
+        "team/dst",
+        "--json",
+    ]);
+    run.success();
+    let report = run.json();
+    // Two platforms: two configs, two own layers each, and the base layer they share.
+    assert_eq!(report["blobs_copied"], 7, "{report}");
+    assert_eq!(report["blobs_mounted"], 0);
+    assert_eq!(proxy.count(Kind::CommitUpload) - commits_before, 7);
+    assert_eq!(
+        proxy.count(Kind::CancelUpload),
+        7,
+        "every session the refused mount opened was given back"
+    );
+    assert_eq!(report["digest"], facts.digest.as_str());
+    let reference = format!("{}/team/dst:release", setup.registry.host());
+    assert_eq!(
+        skopeo::remote_digest(&reference, setup.registry.skopeo_creds()),
+        facts.digest
+    );
+    // skopeo reads every copied blob back and checks its digest.
+    let copy = tempfile::tempdir().unwrap();
+    skopeo::copy_to_oci(&reference, setup.registry.skopeo_creds(), copy.path());
+    let dst = setup.images("team/dst");
+    assert_eq!(dst[&facts.digest], set(&["release"]));
+    for (platform, digest, _) in &facts.platforms {
+        assert!(dst.contains_key(digest), "{platform} is in the ECR API");
+    }
+    setup.mirror.assert_no_errors();
+}
+
+#[test]
+fn tag_never_creates_the_images_own_repository() {
+    let setup = Setup::start();
+    let typo = setup.run(&["tag", "team/ap:v1", "--tag", "prod"]);
+    typo.failure(2);
+    assert!(
+        typo.stderr.contains("team/ap") && typo.stderr.contains("does not exist"),
+        "{}",
+        typo.stderr
+    );
+    let repositories = setup.ecr("DescribeRepositories", &json!({}));
+    assert_eq!(repositories["repositories"], json!([]), "nothing created");
+
+    // Another repository only when --create-repository allows it.
+    setup.layout("one", |dir| images::oci_layout(dir, &ImageSpec::new("one")));
+    setup.push("one", "team/app", "v1");
+    let refused = setup.run(&[
+        "tag",
+        "team/app:v1",
+        "--tag",
+        "prod",
+        "--repository",
+        "team/app-prod",
+        "--create-repository",
+        "false",
+    ]);
+    refused.failure(1);
+    assert!(
+        refused.stderr.contains("team/app-prod"),
+        "{}",
+        refused.stderr
+    );
+    let names: Vec<String> = setup.ecr("DescribeRepositories", &json!({}))["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["repositoryName"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["team/app"]);
 }
 
 #[test]
 fn tag_honours_immutable_tags() {
     let setup = Setup::start();
-    let dir = tempfile::tempdir().unwrap();
-    let first = images::oci_layout(&dir.path().join("a"), &ImageSpec::new("a").seed(1));
-    let second = images::oci_layout(&dir.path().join("b"), &ImageSpec::new("b").seed(2));
+    let first = setup.layout("a", |dir| {
+        images::oci_layout(dir, &ImageSpec::new("a").seed(1))
+    });
+    let second = setup.layout("b", |dir| {
+        images::oci_layout(dir, &ImageSpec::new("b").seed(2))
+    });
     for (path, tag) in [("a", "a"), ("b", "b")] {
         setup
             .run(&[
                 "push",
-                dir.path().join(path).to_str().unwrap(),
+                setup.dir.path().join(path).to_str().unwrap(),
                 "--repository",
                 "team/locked",
                 "--tag",
@@ -212,6 +352,11 @@ fn tag_honours_immutable_tags() {
             .as_deref(),
         Some(first.digest.as_str())
     );
+    assert_eq!(
+        setup.images("team/locked")[&first.digest],
+        set(&["a", "release"])
+    );
+    setup.mirror.assert_no_errors();
 }
 
 #[test]
@@ -223,19 +368,14 @@ fn status_and_images_describe_the_repository() {
         "PutLifecyclePolicy",
         &json!({"repositoryName": "team/status", "lifecyclePolicyText": policy}),
     );
-    let v1 = setup.put(
-        "team/status",
-        &manifest("one"),
-        images::OCI_MANIFEST,
-        Some("v1"),
-    );
-    let untagged = setup.put("team/status", &manifest("two"), images::OCI_MANIFEST, None);
-    let release = setup.put(
-        "team/status",
-        &manifest("three"),
-        images::OCI_MANIFEST,
-        Some("release-2"),
-    );
+    let single = setup.layout("single", |dir| {
+        images::oci_layout(dir, &ImageSpec::new("single"))
+    });
+    let multi = setup.layout("multi", |dir| {
+        TestImage::new("multi").write_oci_layout_multi(dir, &["linux/amd64", "linux/arm64"])
+    });
+    setup.push("single", "team/status", "v1");
+    setup.push("multi", "team/status", "release-2");
 
     let status = setup.run(&["status", "team/status", "--json"]);
     status.success();
@@ -243,7 +383,8 @@ fn status_and_images_describe_the_repository() {
     assert_eq!(report["exists"], true);
     assert_eq!(report["tag_mutability"], "IMMUTABLE");
     assert_eq!(report["scan_on_push"], true);
-    assert_eq!(report["image_count"], 3);
+    // The single image, the index and its two platform manifests.
+    assert_eq!(report["image_count"], 4);
     assert_eq!(report["lifecycle_policy"]["rules"][0]["rulePriority"], 1);
 
     let text = setup.run(&["status", "team/status"]);
@@ -254,24 +395,15 @@ fn status_and_images_describe_the_repository() {
         text.stdout
     );
 
-    let digests = |run: &Run| {
-        sorted(
-            run.json()
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["digest"].as_str().unwrap().to_owned())
-                .collect(),
-        )
-    };
     let all = setup.run(&["images", "team/status", "--json"]);
     all.success();
+    let platforms: Vec<&str> = multi.platforms.iter().map(|p| p.1.as_str()).collect();
     assert_eq!(
-        digests(&all),
-        sorted(vec![v1.clone(), untagged.clone(), release.clone()])
+        digests_of(&all.json()),
+        set(&[&single.digest, &multi.digest, platforms[0], platforms[1]])
     );
-    let untagged_only = setup.run(&["images", "team/status", "--filter", "untagged", "--json"]);
-    assert_eq!(digests(&untagged_only), vec![untagged]);
+    let untagged = setup.run(&["images", "team/status", "--filter", "untagged", "--json"]);
+    assert_eq!(digests_of(&untagged.json()), set(&platforms));
     let prefixed = setup.run(&[
         "images",
         "team/status",
@@ -279,101 +411,196 @@ fn status_and_images_describe_the_repository() {
         "release-",
         "--json",
     ]);
-    assert_eq!(digests(&prefixed), vec![release]);
+    assert_eq!(digests_of(&prefixed.json()), set(&[&multi.digest]));
+
+    // Every option can come from the environment instead.
+    let from_env = setup.run_env(
+        &["images"],
+        &[
+            ("ECR_PUSH_REPOSITORY", "team/status"),
+            ("ECR_PUSH_TAG_PREFIX", "v"),
+            ("ECR_PUSH_JSON", "true"),
+        ],
+    );
+    from_env.success();
+    assert_eq!(digests_of(&from_env.json()), set(&[&single.digest]));
+    let limited = setup.run_env(
+        &["status"],
+        &[
+            ("ECR_PUSH_REPOSITORY", "team/status"),
+            ("ECR_PUSH_LIMIT", "1"),
+            ("ECR_PUSH_JSON", "true"),
+        ],
+    );
+    limited.success();
+    assert_eq!(limited.json()["newest"].as_array().unwrap().len(), 1);
 
     let absent = setup.run(&["status", "team/absent", "--json"]);
     absent.success();
     assert_eq!(absent.json()["exists"], false);
+    setup.mirror.assert_no_errors();
+}
+
+/// An untagged manifest nothing refers to (a platform image whose index is gone), put into
+/// the ECR API directly: ECR keeps one when a tag moves, moto deletes it.
+fn put_orphan(setup: &Setup, repository: &str) -> String {
+    let config = sha256(b"orphan config");
+    let manifest = json!({"schemaVersion": 2, "mediaType": images::OCI_MANIFEST,
+        "config": {"mediaType": images::OCI_CONFIG, "digest": config, "size": 13},
+        "layers": [{"mediaType": images::LAYER_GZIP, "digest": sha256(b"orphan layer"), "size": 12}]});
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    setup.ecr(
+        "PutImage",
+        &json!({"registryId": ACCOUNT, "repositoryName": repository,
+                "imageManifest": String::from_utf8(bytes.clone()).unwrap(),
+                "imageManifestMediaType": images::OCI_MANIFEST, "imageDigest": sha256(&bytes)}),
+    );
+    sha256(&bytes)
 }
 
 #[test]
-fn cleanup_deletes_what_matches_but_never_what_a_kept_index_needs() {
+fn cleanup_counts_whole_images_and_keeps_what_a_kept_image_needs() {
     let setup = Setup::start();
+    // Two multi-platform images with BuildKit attestations; the older one with its index
+    // nested in another (outer index → inner index → platform and attestation manifests). They
+    // share the linux/amd64 manifest and its attestation.
+    let image = TestImage::new("cleanup");
+    let old = setup.layout("old", |dir| {
+        image.write_oci_layout_nested(dir, &["linux/amd64", "linux/arm64"])
+    });
+    let new = setup.layout("new", |dir| {
+        image.write_oci_layout_attested(dir, &["linux/amd64", "linux/s390x"])
+    });
     setup.ecr("CreateRepository", &json!({"repositoryName": "team/clean"}));
-    let orphan = setup.put(
-        "team/clean",
-        &manifest("orphan"),
-        images::OCI_MANIFEST,
-        None,
+    let orphan = put_orphan(&setup, "team/clean");
+    // moto records push times in whole seconds: keep the order unambiguous.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    setup.push("old", "team/clean", "v1");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    setup.push("new", "team/clean", "v2");
+    let everything = setup.remaining("team/clean");
+    // The orphan; v1's two indexes, two platform manifests and two attestations; v2's index
+    // and its own platform manifest and attestation.
+    assert_eq!(everything.len(), 1 + 2 + 4 + 1 + 2, "{everything:#?}");
+    let (amd64, arm64, s390x) = (
+        &old.platforms[0].1,
+        &old.platforms[1].1,
+        &new.platforms[1].1,
     );
-    let amd64 = setup.put("team/clean", &manifest("amd64"), images::OCI_MANIFEST, None);
-    let arm64 = setup.put("team/clean", &manifest("arm64"), images::OCI_MANIFEST, None);
-    let index = json!({"schemaVersion": 2, "mediaType": images::OCI_INDEX, "manifests": [
-        {"mediaType": images::OCI_MANIFEST, "digest": amd64, "size": 1, "platform": {"architecture": "amd64", "os": "linux"}},
-        {"mediaType": images::OCI_MANIFEST, "digest": arm64, "size": 1, "platform": {"architecture": "arm64", "os": "linux"}}]});
-    let multi = setup.put("team/clean", &index, images::OCI_INDEX, Some("multi"));
-    let before = setup.remaining("team/clean");
+    assert_eq!(amd64, &new.platforms[0].1, "the shared platform manifest");
+    let (amd64_att, arm64_att, s390x_att) = (
+        &old.attestations[0],
+        &old.attestations[1],
+        &new.attestations[1],
+    );
+    let inner = &old.nested_indexes[0];
 
-    let dry = setup.run(&[
+    // Untagged images only: that is the orphan. The nested index and the manifests below it
+    // are untagged too, but they are parts of v1, which stays.
+    let untagged = setup.run(&[
         "cleanup",
         "team/clean",
         "--untagged",
         "--older-than",
         "0",
+        "--json",
+    ]);
+    untagged.success();
+    assert_eq!(digests_of(&untagged.json()["deleted"]), set(&[&orphan]));
+    everything_but(&setup, &everything, &[&orphan]);
+
+    // Keep the newest image: v2 with its parts stays; v1 goes with the parts only it has. The
+    // shared platform manifest and attestation stay for v2.
+    let dry = setup.run(&[
+        "cleanup",
+        "team/clean",
+        "--keep",
+        "1",
         "--dry-run",
         "--json",
     ]);
     dry.success();
     let report = dry.json();
-    let planned: Vec<&str> = report["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["digest"].as_str().unwrap())
-        .collect();
+    let v1_alone = [&old.digest, inner, arm64, arm64_att];
     assert_eq!(
-        planned,
-        vec![orphan.as_str()],
-        "only the orphan: the index's platforms are protected"
+        digests_of(&report["deleted"]),
+        set(&v1_alone.map(String::as_str))
     );
-    assert_eq!(
-        sorted(
-            report["protected"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_str().unwrap().to_owned())
-                .collect()
-        ),
-        sorted(vec![amd64.clone(), arm64.clone()])
-    );
-    assert_eq!(
-        setup.remaining("team/clean"),
-        before,
-        "a dry run deletes nothing"
-    );
+    assert_eq!(digests_of(&report["protected"]), set(&[amd64, amd64_att]));
+    everything_but(&setup, &everything, &[&orphan]);
 
-    setup
-        .run(&["cleanup", "team/clean", "--untagged", "--older-than", "0"])
-        .success();
+    let run = setup.run(&["cleanup", "team/clean", "--keep", "1"]);
+    run.success();
+    assert!(run.stderr.contains("deleted 4 image(s)"), "{}", run.stderr);
     assert_eq!(
         setup.remaining("team/clean"),
-        sorted(vec![amd64, arm64, multi])
+        set(&[&new.digest, amd64, amd64_att, s390x, s390x_att])
     );
+    let refused = setup.run(&["cleanup", "team/clean"]);
+    refused.failure(2);
+    assert!(refused.stderr.contains("--keep"), "{}", refused.stderr);
+    setup.mirror.assert_no_errors();
+}
+
+#[track_caller]
+fn everything_but(setup: &Setup, everything: &BTreeSet<String>, gone: &[&String]) {
+    let expected: BTreeSet<String> = everything
+        .iter()
+        .filter(|d| !gone.contains(d))
+        .cloned()
+        .collect();
+    assert_eq!(setup.remaining("team/clean"), expected);
 }
 
 #[test]
-fn cleanup_keeps_the_newest() {
+fn images_ecr_does_not_delete_are_reported_and_fail_the_cleanup() {
     let setup = Setup::start();
-    setup.ecr("CreateRepository", &json!({"repositoryName": "team/keep"}));
-    let mut digests = Vec::new();
-    for name in ["oldest", "middle", "newest"] {
-        digests.push(setup.put(
-            "team/keep",
-            &manifest(name),
-            images::OCI_MANIFEST,
-            Some(name),
-        ));
-        // moto records push times in whole seconds.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-    }
-    let run = setup.run(&["cleanup", "team/keep", "--keep", "1"]);
+    setup.ecr("CreateRepository", &json!({"repositoryName": "team/stuck"}));
+    let orphan = put_orphan(&setup, "team/stuck");
+    // An image BatchDeleteImage refuses: moto checks digests against sha256:<64 hex>, and this
+    // one (put with a malformed digest) fails that check, as an image ECR will not delete.
+    let stuck = "sha256:not-a-real-digest";
+    let manifest = json!({"schemaVersion": 2, "mediaType": images::OCI_MANIFEST,
+        "config": {"mediaType": images::OCI_CONFIG, "digest": sha256(b"c"), "size": 1}, "layers": []});
+    setup.ecr(
+        "PutImage",
+        &json!({"registryId": ACCOUNT, "repositoryName": "team/stuck",
+                "imageManifest": manifest.to_string(),
+                "imageManifestMediaType": images::OCI_MANIFEST, "imageDigest": stuck}),
+    );
+    let run = setup.run(&["cleanup", "team/stuck", "--older-than", "0", "--json"]);
+    run.failure(1);
+    let report = run.json();
+    assert_eq!(digests_of(&report["deleted"]), set(&[&orphan]));
+    assert_eq!(report["failures"][0]["digest"], stuck);
+    assert_eq!(report["failures"][0]["code"], "InvalidImageDigest");
+    assert!(
+        run.stderr.contains("could not delete 1") && run.stderr.contains(stuck),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(setup.remaining("team/stuck"), set(&[stuck]));
+}
+
+#[test]
+fn cleanup_options_come_from_the_environment_too() {
+    let setup = Setup::start();
+    setup.ecr("CreateRepository", &json!({"repositoryName": "team/env"}));
+    let orphan = put_orphan(&setup, "team/env");
+    let run = setup.run_env(
+        &["cleanup"],
+        &[
+            ("ECR_PUSH_REPOSITORY", "team/env"),
+            ("ECR_PUSH_OLDER_THAN", "0"),
+            ("ECR_PUSH_UNTAGGED", "true"),
+            ("ECR_PUSH_DRY_RUN", "true"),
+            ("ECR_PUSH_JSON", "true"),
+        ],
+    );
     run.success();
-    assert!(run.stderr.contains("deleted 2 image(s)"), "{}", run.stderr);
-    assert_eq!(setup.remaining("team/keep"), vec![digests[2].clone()]);
-    let refused = setup.run(&["cleanup", "team/keep"]);
-    refused.failure(2);
-    assert!(refused.stderr.contains("--keep"), "{}", refused.stderr);
+    assert_eq!(run.json()["dry_run"], true);
+    assert_eq!(digests_of(&run.json()["deleted"]), set(&[&orphan]));
+    assert_eq!(setup.remaining("team/env"), set(&[&orphan]));
 }
 
 #[test]
@@ -396,6 +623,15 @@ fn lifecycle_policy_is_set_and_shown() {
     let shown = setup.run(&["lifecycle", "team/life", "--json"]);
     shown.success();
     assert_eq!(shown.json()["policy"], stored);
+    let from_env = setup.run_env(
+        &["lifecycle"],
+        &[
+            ("ECR_PUSH_REPOSITORY", "team/life"),
+            ("ECR_PUSH_JSON", "true"),
+        ],
+    );
+    from_env.success();
+    assert_eq!(from_env.json()["policy"], stored);
     let invalid = dir.path().join("invalid.json");
     std::fs::write(&invalid, "{not json").unwrap();
     setup

@@ -57,6 +57,10 @@ pub struct Facts {
     pub layer_digests: Vec<String>,
     /// For an index, per platform: (`os/arch[/variant]`, manifest digest, config digest).
     pub platforms: Vec<(String, String, String)>,
+    /// Digests of the attestation manifests an index lists (`BuildKit` provenance).
+    pub attestations: Vec<String>,
+    /// Digests of the indexes nested in the root index (outermost first).
+    pub nested_indexes: Vec<String>,
 }
 
 impl Facts {
@@ -770,6 +774,7 @@ impl TestImage {
             ));
             if attestations {
                 let attestation = add_attestation(&mut blobs, &written.descriptor);
+                facts.attestations.push(digest_of(&attestation));
                 children.extend([written.descriptor, attestation]);
             } else {
                 children.push(written.descriptor);
@@ -808,6 +813,35 @@ impl TestImage {
     /// platform, every blob present.
     pub fn write_oci_layout_multi(&self, dir: &Path, platforms: &[&str]) -> Facts {
         let (layout, facts) = self.multi_layout(platforms, platforms, false);
+        layout.archive().write_dir(dir);
+        facts
+    }
+
+    /// A multi-platform OCI layout as `docker buildx build --output type=oci` writes it:
+    /// an image index listing each platform's manifest and its attestation manifest
+    /// (`vnd.docker.reference.type: attestation-manifest`, platform `unknown/unknown`).
+    pub fn write_oci_layout_attested(&self, dir: &Path, platforms: &[&str]) -> Facts {
+        let (layout, facts) = self.multi_layout(platforms, platforms, true);
+        layout.archive().write_dir(dir);
+        facts
+    }
+
+    /// Like [`TestImage::write_oci_layout_attested`], with the index inside another index
+    /// (`index.json` → index → index → manifests): nesting the OCI image spec allows, which a
+    /// push keeps as it is, so a registry then holds an index whose children are indexes.
+    pub fn write_oci_layout_nested(&self, dir: &Path, platforms: &[&str]) -> Facts {
+        let (mut layout, mut facts) = self.multi_layout(platforms, platforms, true);
+        let mut inner = layout.entries.remove(0);
+        // The name annotations belong on index.json's entry, the outer index.
+        if let Some(descriptor) = inner.as_object_mut() {
+            descriptor.remove("annotations");
+        }
+        let outer = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [inner]});
+        let mut descriptor = layout.blobs.add_json(OCI_INDEX, &outer);
+        descriptor["annotations"] = json!({REF_NAME: self.tag});
+        facts.nested_indexes.push(facts.digest.clone());
+        facts.digest = digest_of(&descriptor);
+        layout.entries.push(descriptor);
         layout.archive().write_dir(dir);
         facts
     }

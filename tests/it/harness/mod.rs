@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests: real servers started by the tests themselves
 //! (`docker-registry`, `moto_server`), an independent client (`skopeo`), a fake GitHub OIDC
-//! endpoint, a fault-injecting proxy, and image generators for every input format.
+//! endpoint, a fault-injecting proxy, a proxy that mirrors pushed manifests into moto's ECR API,
+//! and image generators for every input format.
 //!
 //! A tool that is missing makes the test fail with the command that installs it: a skipped
 //! end-to-end test would look like a passing one.
@@ -10,6 +11,7 @@
 
 pub mod aws_recorder;
 pub mod images;
+pub mod mirror;
 pub mod moto;
 pub mod oidc;
 pub mod proxy;

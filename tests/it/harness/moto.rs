@@ -43,66 +43,77 @@ impl Moto {
 
     /// Calls an ECR API action (JSON protocol) in `account`, for setting up and asserting.
     pub fn ecr(&self, account: &str, action: &str, body: &serde_json::Value) -> serde_json::Value {
-        let access_key = self.access_key_of(account);
-        self.call(
-            &access_key,
-            "AmazonEC2ContainerRegistry_V20150921",
-            "ecr",
-            action,
-            body,
-        )
+        self.ecr_in(account, DEFAULT_REGION, action, body)
     }
 
-    /// moto decides the account of a request by its access key: a key from a role session in
-    /// `account` acts there.
-    fn access_key_of(&self, account: &str) -> String {
-        let response = reqwest::blocking::Client::new()
-            .post(self.url())
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A{account}%3Arole%2Ftest-harness&RoleSessionName=test-harness&WebIdentityToken=harness-token"
-            ))
-            .send()
-            .expect("AssumeRoleWithWebIdentity on moto")
-            .text()
-            .unwrap_or_default();
-        let start = response
-            .find("<AccessKeyId>")
-            .expect("an access key in the STS answer")
-            + "<AccessKeyId>".len();
-        let end = response[start..].find('<').unwrap() + start;
-        response[start..end].to_owned()
-    }
-
-    fn call(
+    /// [`Moto::ecr`] in another region (moto keeps repositories per region).
+    pub fn ecr_in(
         &self,
-        access_key: &str,
-        prefix: &str,
-        service: &str,
+        account: &str,
+        region: &str,
         action: &str,
         body: &serde_json::Value,
     ) -> serde_json::Value {
-        // moto does not check signatures, but routes requests by the service in the credential
-        // scope of the Authorization header.
-        let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential={access_key}/20240101/eu-west-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
-        );
-        let response = reqwest::blocking::Client::new()
-            .post(self.url())
-            .header("X-Amz-Target", format!("{prefix}.{action}"))
-            .header("Content-Type", "application/x-amz-json-1.1")
-            .header("Authorization", authorization)
-            .body(body.to_string())
-            .send()
-            .expect("call moto");
-        let status = response.status();
-        let text = response.text().unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "moto {action} failed ({status}): {text}"
-        );
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+        let access_key = access_key(&self.url(), account);
+        ecr_call(&self.url(), &access_key, region, action, body)
+            .unwrap_or_else(|(status, text)| panic!("moto {action} failed ({status}): {text}"))
     }
+}
+
+/// The region the harness works in unless told otherwise.
+pub const DEFAULT_REGION: &str = "eu-west-1";
+
+/// moto decides the account of a request by its access key: a key from a role session in
+/// `account` acts there.
+pub fn access_key(moto_url: &str, account: &str) -> String {
+    let response = reqwest::blocking::Client::new()
+        .post(moto_url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A{account}%3Arole%2Ftest-harness&RoleSessionName=test-harness&WebIdentityToken=harness-token"
+        ))
+        .send()
+        .expect("AssumeRoleWithWebIdentity on moto")
+        .text()
+        .unwrap_or_default();
+    let start = response
+        .find("<AccessKeyId>")
+        .expect("an access key in the STS answer")
+        + "<AccessKeyId>".len();
+    let end = response[start..].find('<').unwrap() + start;
+    response[start..end].to_owned()
+}
+
+/// One ECR API call (JSON protocol); an error answer is `(status, body)`.
+pub fn ecr_call(
+    moto_url: &str,
+    access_key: &str,
+    region: &str,
+    action: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, (u16, String)> {
+    // moto does not check signatures, but routes requests by the service in the credential
+    // scope of the Authorization header, and takes the region from it.
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/20240101/{region}/ecr/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    let response = reqwest::blocking::Client::new()
+        .post(moto_url)
+        .header(
+            "X-Amz-Target",
+            format!("AmazonEC2ContainerRegistry_V20150921.{action}"),
+        )
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("Authorization", authorization)
+        .body(body.to_string())
+        .send()
+        .map_err(|e| (0, e.to_string()))?;
+    let status = response.status();
+    let text = response.text().unwrap_or_default();
+    if !status.is_success() {
+        return Err((status.as_u16(), text));
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 impl Drop for Moto {
@@ -113,30 +124,6 @@ impl Drop for Moto {
 }
 
 impl Moto {
-    /// Puts an image into moto's ECR (images pushed to the registry do not appear in moto; tests
-    /// that need the ECR API to know an image put its manifest here too, with the real digest).
-    pub fn put_image(
-        &self,
-        account: &str,
-        repository: &str,
-        manifest: &[u8],
-        media_type: &str,
-        tag: &str,
-    ) {
-        self.ecr(
-            account,
-            "PutImage",
-            &serde_json::json!({
-                "registryId": account,
-                "repositoryName": repository,
-                "imageManifest": String::from_utf8(manifest.to_vec()).expect("a JSON manifest"),
-                "imageManifestMediaType": media_type,
-                "imageTag": tag,
-                "imageDigest": super::sha256(manifest),
-            }),
-        );
-    }
-
     /// Makes moto answer `DescribeImageScanFindings` for `repository@digest` with `answer`.
     pub fn set_scan_findings(&self, account: &str, region: &str, answer: &serde_json::Value) {
         let response = reqwest::blocking::Client::new()

@@ -8,7 +8,8 @@
 //! commit is reset"), reproducibly for a seed. [`Proxy::start_ecr_style`] also makes the
 //! registry answer the way ECR does (see `DESIGN.md` §4): 201 on PATCH with no `Location` and a
 //! stale `Range`, relative upload `Location`s, no `Docker-Content-Digest` on manifest GET and no
-//! `Location` on manifest PUT.
+//! `Location` on manifest PUT. [`Proxy::start_observing_manifests`] hands every accepted
+//! manifest PUT to a callback (the ECR mirror, `mirror.rs`, is built on it).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -120,6 +121,9 @@ pub struct Modify {
     pub throttle: Option<u64>,
     /// Send this many bytes of the answer's body, then break the connection.
     pub truncate_response: Option<u64>,
+    /// Pass the request on without its query string (a mount `POST ?mount=&from=` becomes a
+    /// plain upload start: a registry that cannot mount answers that way).
+    pub strip_query: bool,
 }
 
 impl Modify {
@@ -345,6 +349,19 @@ fn unit_interval(seed: u64, rule: u64, n: u64) -> f64 {
 
 type Hook = dyn Fn(&Seen) -> Action + Send + Sync;
 
+/// A manifest the registry accepted (see [`Proxy::start_observing_manifests`]).
+#[derive(Clone, Debug)]
+pub struct PutManifest {
+    pub repository: String,
+    /// The tag or digest it was put under.
+    pub reference: String,
+    /// The request's `Content-Type`.
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+type ManifestHook = dyn Fn(&PutManifest) + Send + Sync;
+
 struct State {
     upstream: String,
     own_origin: String,
@@ -356,6 +373,8 @@ struct State {
     sessions: Mutex<HashMap<String, String>>,
     /// The plan behind the hook, when the proxy was started with one.
     faults: Option<Arc<Faults>>,
+    /// Told of every manifest PUT the registry accepted, before the client gets the answer.
+    on_manifest_put: Option<Arc<ManifestHook>>,
 }
 
 pub struct Proxy {
@@ -367,7 +386,24 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy in front of `upstream` (e.g. `http://127.0.0.1:5000`).
     pub fn start(upstream: &str, hook: impl Fn(&Seen) -> Action + Send + Sync + 'static) -> Self {
-        Self::launch(upstream, Box::new(hook), false, None)
+        Self::launch(upstream, Box::new(hook), false, None, None)
+    }
+
+    /// A proxy that asks `hook` and calls `on_put` (on a blocking thread) for every manifest
+    /// PUT the registry accepted, before the client gets the answer: what a registry with a
+    /// second view of its images (ECR's API) would know at that moment.
+    pub fn start_observing_manifests(
+        upstream: &str,
+        hook: impl Fn(&Seen) -> Action + Send + Sync + 'static,
+        on_put: impl Fn(&PutManifest) + Send + Sync + 'static,
+    ) -> Self {
+        Self::launch(
+            upstream,
+            Box::new(hook),
+            false,
+            None,
+            Some(Arc::new(on_put)),
+        )
     }
 
     /// A proxy that answers like ECR does (see the module docs), and asks `hook` too.
@@ -375,7 +411,7 @@ impl Proxy {
         upstream: &str,
         hook: impl Fn(&Seen) -> Action + Send + Sync + 'static,
     ) -> Self {
-        Self::launch(upstream, Box::new(hook), true, None)
+        Self::launch(upstream, Box::new(hook), true, None, None)
     }
 
     /// A proxy that injects the faults of `faults`.
@@ -387,6 +423,7 @@ impl Proxy {
             Box::new(move |seen| deciding.decide(seen)),
             false,
             Some(faults),
+            None,
         )
     }
 
@@ -395,6 +432,7 @@ impl Proxy {
         hook: Box<Hook>,
         ecr_style: bool,
         faults: Option<Arc<Faults>>,
+        on_manifest_put: Option<Arc<ManifestHook>>,
     ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -417,6 +455,7 @@ impl Proxy {
             ecr_style,
             sessions: Mutex::new(HashMap::new()),
             faults,
+            on_manifest_put,
         });
         let serving = Arc::clone(&state);
         runtime.spawn(async move {
@@ -600,7 +639,15 @@ async fn forward(
         .path_and_query()
         .map(ToString::to_string)
         .unwrap_or_default();
-    let mut url = format!("{}{target}", state.upstream);
+    let mut url = if modify.strip_query {
+        format!(
+            "{}{}",
+            state.upstream,
+            target.split('?').next().unwrap_or_default()
+        )
+    } else {
+        format!("{}{target}", state.upstream)
+    };
     let upload_session = matches!(
         seen.kind,
         Kind::PatchUpload | Kind::CommitUpload | Kind::CancelUpload
@@ -622,6 +669,11 @@ async fn forward(
         if !matches!(name.as_str(), "host" | "connection" | "transfer-encoding") {
             outgoing = outgoing.header(name, value);
         }
+    }
+    if seen.kind == Kind::PutManifest
+        && let Some(on_put) = &state.on_manifest_put
+    {
+        return forward_observed(state, seen, &parts.headers, body, outgoing, on_put).await;
     }
     let flip = modify.flip_request_byte;
     let throttle = modify.throttle;
@@ -659,6 +711,50 @@ async fn forward(
         .await
         .map_err(std::io::Error::other)?;
     Ok(answer(state, seen.kind, upstream, modify))
+}
+
+/// Forwards a manifest PUT whole (manifests are small) and, once the registry accepted it,
+/// tells `on_put` before answering the client.
+async fn forward_observed(
+    state: &State,
+    seen: &Seen,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    outgoing: reqwest::RequestBuilder,
+    on_put: &Arc<ManifestHook>,
+) -> Result<Response<Body>, std::io::Error> {
+    let bytes = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let upstream = outgoing
+        .body(bytes.clone())
+        .send()
+        .await
+        .map_err(std::io::Error::other)?;
+    if upstream.status().is_success() {
+        let path = seen.target.split('?').next().unwrap_or_default();
+        let (repository, reference) = path
+            .trim_start_matches("/v2/")
+            .rsplit_once("/manifests/")
+            .unwrap_or_default();
+        let put = PutManifest {
+            repository: repository.to_owned(),
+            reference: reference.to_owned(),
+            media_type: headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            body: bytes,
+        };
+        let on_put = Arc::clone(on_put);
+        tokio::task::spawn_blocking(move || on_put(&put))
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(answer(state, seen.kind, upstream, &Modify::default()))
 }
 
 /// The registry's answer as the client gets it: Locations kept on the proxy, then changed as
