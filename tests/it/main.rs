@@ -10,3 +10,4 @@ mod faults;
 mod formats;
 mod harness_selftest;
 mod ops;
+mod secrets;
