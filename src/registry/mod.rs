@@ -67,7 +67,7 @@ pub enum RegistryError {
         match (asked, limit) {
             (Some(s), _) => format!("the registry asked to wait {s} s, longer than the time left of --timeout"),
             (None, RetryLimit::Attempts(max)) => format!("all {max} attempts of --retries were used"),
-            (None, RetryLimit::Time(total)) => format!("--timeout {total} s was used up"),
+            (None, RetryLimit::Time(total)) => format!("another try would not fit in --timeout {total} s"),
         }
     )]
     Exhausted {

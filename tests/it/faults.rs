@@ -633,7 +633,15 @@ fn fails_in_time(name: &str, fault: Fault, needles: &[&str]) {
 
 #[test]
 fn a_registry_that_stays_down_fails_the_push_within_the_timeout() {
-    fails_in_time("down", Fault::status(503), &["HTTP 503", "gave up after"]);
+    fails_in_time(
+        "down",
+        Fault::status(503),
+        &[
+            "HTTP 503",
+            "gave up after",
+            "allow more with --retries or --timeout",
+        ],
+    );
 }
 
 #[test]
@@ -650,7 +658,11 @@ fn a_registry_that_resets_every_connection_fails_the_push_within_the_timeout() {
     fails_in_time(
         "resets",
         Fault::Reset,
-        &["cannot reach the registry", "gave up after"],
+        &[
+            "cannot reach the registry",
+            "gave up after",
+            "allow more with --retries or --timeout",
+        ],
     );
 }
 
