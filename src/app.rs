@@ -25,9 +25,10 @@ use crate::aws::{self, Aws, AwsError, EcrCredentials, LoginTarget};
 use crate::push::{
     self, PushError, PushOptions, PushedNode, Pusher, predict_digest, uncompressed_diff_ids,
 };
-use crate::registry::{Client, RegistryError, StaticCredentials};
+use crate::registry::{Client, ClientOptions, RegistryError, StaticCredentials};
 use crate::report::{
-    self, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter, ScanGate,
+    self, DebugLog, DestinationReport, EcrReport, Event, PlatformReport, PushReport, Reporter,
+    ScanGate,
 };
 use crate::reuse::{self, KnownLayers, LayerCache};
 use crate::settings::{
@@ -77,6 +78,9 @@ pub enum Failure {
     Partial {
         report: Box<PushReport>,
         failed: Vec<String>,
+        /// Some failed because the input is invalid (found while streaming it): that is the
+        /// user's to fix, whatever the other destinations did (exit code 2).
+        invalid_input: bool,
     },
 }
 
@@ -92,7 +96,12 @@ impl From<PushError> for Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Source(_) => exit::INVALID,
+            Self::Usage(_)
+            | Self::Source(_)
+            | Self::Partial {
+                invalid_input: true,
+                ..
+            } => exit::INVALID,
             Self::Aws(error) if error.is_usage() => exit::INVALID,
             Self::Registry(_)
             | Self::Verify(_)
@@ -174,8 +183,9 @@ fn summary_path(env: &Env) -> Option<PathBuf> {
 }
 
 fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
-    let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal(
+    let reporter: Arc<dyn Reporter> = Arc::from(report::for_terminal_verbose(
         settings.quiet,
+        settings.verbose,
         if settings.github_actions {
             "::warning::"
         } else {
@@ -203,11 +213,16 @@ fn push_and_report(settings: &PushSettings) -> Result<(), Failure> {
             });
             (report, failure)
         }
-        Err(Failure::Partial { report, failed }) => {
+        Err(Failure::Partial {
+            report,
+            failed,
+            invalid_input,
+        }) => {
             let report = *report;
             let failure = Failure::Partial {
                 report: Box::new(report.clone()),
                 failed,
+                invalid_input,
             };
             (report, Some(failure))
         }
@@ -271,7 +286,7 @@ fn run_login(args: &LoginArgs, env: &Env) -> (Result<(), Failure>, Option<PathBu
 
 fn login(settings: &LoginSettings) -> Result<(), Failure> {
     let (host, credentials) = runtime()?.block_on(async {
-        let (aws, session) = aws_session(&settings.target).await?;
+        let (aws, session) = aws_session(&settings.target, DebugLog::default()).await?;
         let target = login_target(&settings.target, &session);
         let credentials = aws.login(&session, &target).await?;
         let host = match (&settings.target.registry_override, &target) {
@@ -577,8 +592,15 @@ fn host_of(url: &Url) -> String {
     }
 }
 
-async fn aws_session(target: &EcrTarget) -> Result<(Arc<Aws>, aws::Session), Failure> {
-    let aws = Arc::new(Aws::load(target.aws.clone()).await?);
+async fn aws_session(
+    target: &EcrTarget,
+    log: DebugLog,
+) -> Result<(Arc<Aws>, aws::Session), Failure> {
+    let settings = aws::AwsSettings {
+        log,
+        ..target.aws.clone()
+    };
+    let aws = Arc::new(Aws::load(settings).await?);
     let session = aws.session().await?;
     Ok((aws, session))
 }
@@ -700,8 +722,7 @@ async fn prepare_all(
                 Arc::clone(reporter)
             };
             async move {
-                let result =
-                    prepare(settings, target, wanted, cache, several, reporter.as_ref()).await;
+                let result = prepare(settings, target, wanted, cache, several, &reporter).await;
                 (label, reporter, result)
             }
         })
@@ -786,7 +807,8 @@ fn combine(
         .collect();
     let mut failed = Vec::new();
     let mut first = None;
-    let mut first_failure = None;
+    let mut first_failure: Option<Failure> = None;
+    let mut invalid_input = false;
     for (label, result) in results {
         match result {
             Ok(report) => {
@@ -794,7 +816,20 @@ fn combine(
             }
             Err(failure) => {
                 failed.push(format!("{label}: {failure}"));
-                first_failure.get_or_insert(failure);
+                // Bad input is the same at every destination and the user's to fix: it is what
+                // the run ends with (exit 2), even where another destination failed otherwise
+                // first or did not need to read the bad part (a blob it already had).
+                let input = failure.exit_code() == exit::INVALID;
+                invalid_input |= input;
+                if input
+                    && first_failure
+                        .as_ref()
+                        .is_none_or(|f| f.exit_code() != exit::INVALID)
+                {
+                    first_failure = Some(failure);
+                } else {
+                    first_failure.get_or_insert(failure);
+                }
             }
         }
     }
@@ -813,6 +848,7 @@ fn combine(
         Err(Failure::Partial {
             report: Box::new(report),
             failed,
+            invalid_input,
         })
     }
 }
@@ -838,9 +874,15 @@ async fn prepare(
     wanted: &HashSet<oci_spec::image::Digest>,
     cache: Option<&LayerCache>,
     several: bool,
-    reporter: &dyn Reporter,
+    reporter: &Arc<dyn Reporter>,
 ) -> Result<Prepared, Failure> {
-    let destination = connect(settings, target, !wanted.is_empty(), reporter).await?;
+    let log = if settings.verbose {
+        DebugLog::to(Arc::clone(reporter))
+    } else {
+        DebugLog::default()
+    };
+    let reporter = reporter.as_ref();
+    let destination = connect(settings, target, !wanted.is_empty(), reporter, log).await?;
     let mut known = find_known_layers(settings, &destination, wanted, cache, reporter).await;
     if several
         && !known.is_empty()
@@ -1256,20 +1298,25 @@ async fn connect(
     target: &Target,
     wants_reuse: bool,
     reporter: &dyn Reporter,
+    log: DebugLog,
 ) -> Result<Destination, Failure> {
+    let options = ClientOptions {
+        log: log.clone(),
+        ..settings.client.clone()
+    };
     match target {
         Target::Registry { url, credentials } => Ok(Destination {
             client: Client::new(
                 url.clone(),
                 Box::new(StaticCredentials(credentials.clone())),
-                &settings.client,
+                &options,
             )?,
             ecr: None,
             immutable_tags: Vec::new(),
             recent_images: Vec::new(),
             ecr_api: None,
         }),
-        Target::Ecr(target) => connect_ecr(settings, target, wants_reuse, reporter).await,
+        Target::Ecr(target) => connect_ecr(settings, target, wants_reuse, reporter, &options).await,
     }
 }
 
@@ -1279,9 +1326,10 @@ async fn connect_ecr(
     target: &EcrTarget,
     wants_reuse: bool,
     reporter: &dyn Reporter,
+    options: &ClientOptions,
 ) -> Result<Destination, Failure> {
     let repository = &settings.repository;
-    let (aws, session) = aws_session(target).await?;
+    let (aws, session) = aws_session(target, options.log.clone()).await?;
     if target.public {
         let api = aws.public_client(&session);
         let created =
@@ -1292,7 +1340,7 @@ async fn connect_ecr(
         });
         let provider = EcrCredentials::new(Arc::clone(&aws), LoginTarget::Public, credentials);
         return Ok(Destination {
-            client: Client::new(url, Box::new(provider), &settings.client)?,
+            client: Client::new(url, Box::new(provider), options)?,
             ecr: Some(EcrReport {
                 registry_id: aws::public::HOST.to_owned(),
                 region: aws::public::REGION.to_owned(),
@@ -1327,7 +1375,7 @@ async fn connect_ecr(
         },
         login.credentials,
     );
-    let client = Client::new(url, Box::new(provider), &settings.client)?;
+    let client = Client::new(url, Box::new(provider), options)?;
     let repository_uri = if state.uri.is_empty() {
         format!("{}/{repository}", client.host())
     } else {

@@ -219,6 +219,12 @@ pub struct PushArgs {
     /// No progress output (errors and warnings still go to stderr).
     #[arg(long, short, env = "ECR_PUSH_QUIET")]
     pub quiet: bool,
+
+    /// Debug lines on stderr: every registry request (method, path, status, attempt), every
+    /// authentication step, every AWS call. They never show headers, tokens, keys or
+    /// passwords.
+    #[arg(long, short, env = "ECR_PUSH_VERBOSE", conflicts_with = "quiet")]
+    pub verbose: bool,
 }
 
 /// ECR mode: where the registry and its credentials come from AWS. ECR mode is the default when

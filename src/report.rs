@@ -3,6 +3,12 @@
 //!
 //! Library code never prints: it sends [`Event`]s to a [`Reporter`]. Human text goes to stderr;
 //! stdout carries only the result (`repository@digest`, or the JSON report).
+//!
+//! `--verbose` adds debug lines ([`Event::Debug`]): every registry request (method, path,
+//! status, attempt), every authentication step, every AWS call. Library code sends them through
+//! a [`DebugLog`], which costs nothing when verbose output is off. They are built from
+//! operations, paths and statuses only, never from headers, query strings or bodies, so no
+//! credential can reach them.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
@@ -56,10 +62,49 @@ pub enum Event<'a> {
     Step {
         name: &'a str,
     },
+    /// A detail for `--verbose` (requests, auth steps, AWS calls); shown only when asked for.
+    Debug {
+        message: &'a str,
+    },
 }
 
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event<'_>);
+}
+
+/// Where library code sends debug lines: to a reporter when `--verbose` is on, nowhere
+/// otherwise (and then the line is not even formatted).
+#[derive(Clone, Default)]
+pub struct DebugLog(Option<std::sync::Arc<dyn Reporter>>);
+
+impl DebugLog {
+    /// Debug lines go to `reporter`.
+    pub fn to(reporter: std::sync::Arc<dyn Reporter>) -> Self {
+        Self(Some(reporter))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sends the line `message` builds, if anyone listens.
+    pub fn line(&self, message: impl FnOnce() -> String) {
+        if let Some(reporter) = &self.0 {
+            reporter.event(&Event::Debug {
+                message: &message(),
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for DebugLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.enabled() {
+            "DebugLog(on)"
+        } else {
+            "DebugLog(off)"
+        })
+    }
 }
 
 /// Reports nothing (`--quiet`).
@@ -78,6 +123,8 @@ impl Reporter for Silent {
 pub struct Lines {
     /// Prefix for warnings; `::warning::` on GitHub Actions makes them annotations.
     pub warning_prefix: &'static str,
+    /// Show [`Event::Debug`] lines (`--verbose`).
+    pub verbose: bool,
 }
 
 impl Reporter for Lines {
@@ -88,7 +135,8 @@ impl Reporter for Lines {
                 Some(size) => format!("uploading {what} ({})", human_bytes(*size)),
                 None => format!("uploading {what}"),
             },
-            Event::BlobProgress { .. } | Event::Step { .. } => return,
+            Event::Debug { message } if self.verbose => format!("debug: {message}"),
+            Event::BlobProgress { .. } | Event::Step { .. } | Event::Debug { .. } => return,
             Event::BlobDone {
                 digest, uploaded, ..
             } => match uploaded {
@@ -107,15 +155,25 @@ impl Reporter for Lines {
 /// Progress bars on an interactive terminal.
 pub struct Bars {
     multi: MultiProgress,
-    bars: Mutex<HashMap<String, ProgressBar>>,
+    /// The bars of the blobs in flight, by event id.
+    active: Mutex<HashMap<String, ProgressBar>>,
+    verbose: bool,
 }
 
 impl Bars {
     pub fn new() -> Self {
         Self {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            bars: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            verbose: false,
         }
+    }
+
+    /// Also show [`Event::Debug`] lines (`--verbose`).
+    #[must_use]
+    pub fn verbose(mut self, verbose: bool) -> Self {
+        self.verbose = verbose;
+        self
     }
 }
 
@@ -128,7 +186,7 @@ impl Default for Bars {
 impl Reporter for Bars {
     fn event(&self, event: &Event<'_>) {
         let mut bars = self
-            .bars
+            .active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match event {
@@ -190,6 +248,11 @@ impl Reporter for Bars {
             Event::Warning { message } => {
                 let _ = self.multi.println(format!("warning: {message}"));
             }
+            Event::Debug { message } => {
+                if self.verbose {
+                    let _ = self.multi.println(format!("debug: {message}"));
+                }
+            }
             Event::Step { .. } => {}
         }
     }
@@ -197,12 +260,24 @@ impl Reporter for Bars {
 
 /// The reporter for this run: nothing, bars on a terminal, lines elsewhere.
 pub fn for_terminal(quiet: bool, warning_prefix: &'static str) -> Box<dyn Reporter> {
+    for_terminal_verbose(quiet, false, warning_prefix)
+}
+
+/// [`for_terminal`], with debug lines when `verbose` (`--verbose`).
+pub fn for_terminal_verbose(
+    quiet: bool,
+    verbose: bool,
+    warning_prefix: &'static str,
+) -> Box<dyn Reporter> {
     if quiet {
         Box::new(Silent)
     } else if std::io::stderr().is_terminal() {
-        Box::new(Bars::new())
+        Box::new(Bars::new().verbose(verbose))
     } else {
-        Box::new(Lines { warning_prefix })
+        Box::new(Lines {
+            warning_prefix,
+            verbose,
+        })
     }
 }
 
@@ -416,6 +491,9 @@ impl Reporter for Prefixed {
                 message: &p(message),
             }),
             Event::Step { name } => self.inner.event(&Event::Step { name: &p(name) }),
+            Event::Debug { message } => self.inner.event(&Event::Debug {
+                message: &p(message),
+            }),
         }
     }
 }

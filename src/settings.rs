@@ -54,6 +54,7 @@ pub struct EcrTarget {
 }
 
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent yes/no options, not a state machine
 pub struct PushSettings {
     pub source: PathBuf,
     pub repository: String,
@@ -67,6 +68,8 @@ pub struct PushSettings {
     pub client: ClientOptions,
     pub json: bool,
     pub quiet: bool,
+    /// `--verbose`: debug lines for requests, auth steps and AWS calls.
+    pub verbose: bool,
     pub temp_dir: PathBuf,
     pub github_actions: bool,
     /// `$GITHUB_OUTPUT` and the step summary, on GitHub Actions.
@@ -134,6 +137,7 @@ impl PushSettings {
             },
             json: args.json,
             quiet: args.quiet,
+            verbose: args.verbose,
             temp_dir: env.temp_dir(),
             github_actions: env.is_github_actions(),
             actions: actions_files(env),
@@ -536,6 +540,7 @@ fn aws_settings(args: &AwsArgs, env: &Env) -> Result<AwsSettings, UsageError> {
         on_github: env.is_github_actions(),
         ecr_endpoint: args.ecr_endpoint.clone().filter(|s| !s.is_empty()),
         sts_endpoint: args.sts_endpoint.clone().filter(|s| !s.is_empty()),
+        ..AwsSettings::default()
     })
 }
 

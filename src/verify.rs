@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::blob::{self, HashingReader};
 use crate::push::{PushedBlob, PushedManifest, PushedNode};
-use crate::registry::{Client, RegistryError};
+use crate::registry::{BlobStatus, Client, RegistryError};
 use crate::report::{Event, Reporter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,15 +39,36 @@ impl VerifyMode {
     }
 }
 
+/// What to do when the registry does not serve what was pushed.
+const PUSH_AGAIN: &str = "the registry does not serve what was pushed, so do not use this \
+    image from it; push again, and if this repeats, check the registry and anything between it \
+    and this machine (a proxy or mirror that rewrites content)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("verification failed: {what}: expected {expected}, found {found}")]
+    /// The registry serves something else than what was pushed.
+    #[error("verification failed: {what}: expected {expected}, found {found}; {PUSH_AGAIN}")]
     Mismatch {
         what: String,
         expected: String,
         found: String,
     },
-    #[error("verification failed: {0}")]
+    /// The registry serves what was pushed, but the image itself is inconsistent (its config
+    /// does not describe its layers): only `--verify full` can see this.
+    #[error(
+        "verification failed: {what}: expected {expected}, found {found}; the image is broken \
+         at its source (its config does not describe its layers): rebuild it, and do not use \
+         this push"
+    )]
+    BrokenImage {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "verification failed: {0}; the registry lost it or never stored it: push again, and if \
+         this repeats, check the registry's storage"
+    )]
     Missing(String),
     #[error("verification failed: {0}")]
     Registry(#[from] RegistryError),
@@ -163,17 +184,33 @@ impl Verifier<'_> {
     }
 
     async fn check_blob(&self, blob: &PushedBlob) -> Result<(), VerifyError> {
-        match self.client.blob_size(self.repository, &blob.digest).await? {
-            None => Err(VerifyError::Missing(format!(
+        match self
+            .client
+            .blob_status(self.repository, &blob.digest)
+            .await?
+        {
+            BlobStatus::Missing => Err(VerifyError::Missing(format!(
                 "blob {} is not in {}",
                 blob.digest, self.repository
             ))),
-            Some(size) if size != blob.size => Err(VerifyError::Mismatch {
+            BlobStatus::Present(Some(size)) if size != blob.size => Err(VerifyError::Mismatch {
                 what: format!("size of blob {}", blob.digest),
                 expected: blob.size.to_string(),
                 found: size.to_string(),
             }),
-            Some(_) => Ok(()),
+            BlobStatus::Present(Some(_)) => Ok(()),
+            // A registry that will not say how large a blob is has not said it is wrong: the
+            // blob is there under its digest (and `--verify full` downloads it).
+            BlobStatus::Present(None) => {
+                self.reporter.event(&Event::Note {
+                    message: &format!(
+                        "the registry does not tell the size of blob {}; it is present, its size \
+                         was not checked",
+                        blob.digest
+                    ),
+                });
+                Ok(())
+            }
         }
     }
 
@@ -184,12 +221,16 @@ impl Verifier<'_> {
             if layer.foreign {
                 continue;
             }
-            let hashed = self.download_and_hash(&layer.digest).await?;
-            let (compressed, uncompressed) = hashed.map_err(|e| VerifyError::Mismatch {
-                what: format!("layer {}", layer.digest),
-                expected: "a readable (gzip, zstd or plain) tar".into(),
-                found: e.to_string(),
-            })?;
+            let (compressed, uncompressed) =
+                self.download_and_hash(&layer.digest).await?.map_err(|e| {
+                    VerifyError::Mismatch {
+                        what: format!("downloaded bytes of layer {}", layer.digest),
+                        expected: layer.digest.to_string(),
+                        found: format!("a download that could not be read ({e})"),
+                    }
+                })?;
+            // Checked first: bytes other than the pushed ones are the registry's fault, whether
+            // or not they still decompress.
             if compressed.digest != layer.digest {
                 return Err(VerifyError::Mismatch {
                     what: format!("downloaded bytes of layer {}", layer.digest),
@@ -197,10 +238,16 @@ impl Verifier<'_> {
                     found: compressed.digest.to_string(),
                 });
             }
+            // The pushed bytes: if they do not read as a layer, the image was built that way.
+            let uncompressed = uncompressed.map_err(|e| VerifyError::BrokenImage {
+                what: format!("layer {}", layer.digest),
+                expected: "a readable (gzip, zstd or plain) tar".into(),
+                found: e.to_string(),
+            })?;
             if let Some(diff_id) = manifest.diff_ids.get(index)
                 && &uncompressed.digest != diff_id
             {
-                return Err(VerifyError::Mismatch {
+                return Err(VerifyError::BrokenImage {
                     what: format!("uncompressed digest (diff_id) of layer {}", layer.digest),
                     expected: diff_id.to_string(),
                     found: uncompressed.digest.to_string(),
@@ -221,7 +268,7 @@ impl Verifier<'_> {
     async fn download_and_hash(
         &self,
         digest: &Digest,
-    ) -> Result<io::Result<(blob::Measured, blob::Measured)>, VerifyError> {
+    ) -> Result<io::Result<(blob::Measured, io::Result<blob::Measured>)>, VerifyError> {
         let policy = self.client.retry_policy();
         let mut attempts = policy.start();
         loop {
@@ -265,7 +312,9 @@ impl Verifier<'_> {
 }
 
 /// Hashes a layer as downloaded and, after decompression (chosen by magic bytes), as a tar.
-fn hash_layer(reader: impl Read) -> io::Result<(blob::Measured, blob::Measured)> {
+/// Bytes that do not decompress still get their download digest (the rest is read anyway), so
+/// the caller can tell bytes changed on the way from a layer that was built broken.
+fn hash_layer(reader: impl Read) -> io::Result<(blob::Measured, io::Result<blob::Measured>)> {
     let mut compressed = HashingReader::new(reader);
     let mut head = [0u8; 4];
     let mut filled = 0;
@@ -275,17 +324,23 @@ fn hash_layer(reader: impl Read) -> io::Result<(blob::Measured, blob::Measured)>
             n => filled += n,
         }
     }
-    let chained = io::Cursor::new(head[..filled].to_vec()).chain(&mut compressed);
-    let mut uncompressed: HashingReader<Box<dyn Read + '_>> = if head.starts_with(&[0x1f, 0x8b]) {
-        HashingReader::new(Box::new(flate2::read::MultiGzDecoder::new(chained)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        HashingReader::new(Box::new(zstd::Decoder::new(chained)?))
-    } else {
-        HashingReader::new(Box::new(chained))
+    let uncompressed = {
+        let chained = io::Cursor::new(head[..filled].to_vec()).chain(&mut compressed);
+        let decoder: io::Result<Box<dyn Read + '_>> = if head.starts_with(&[0x1f, 0x8b]) {
+            Ok(Box::new(flate2::read::MultiGzDecoder::new(chained)))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            zstd::Decoder::new(chained).map(|d| Box::new(d) as Box<dyn Read + '_>)
+        } else {
+            Ok(Box::new(chained))
+        };
+        decoder.and_then(|decoder| {
+            let mut uncompressed = HashingReader::new(decoder);
+            io::copy(&mut uncompressed, &mut io::sink())?;
+            Ok(uncompressed.finish())
+        })
     };
-    io::copy(&mut uncompressed, &mut io::sink())?;
-    let uncompressed = uncompressed.finish();
-    // Anything after the compressed stream still belongs to the blob's digest.
+    // Anything after the compressed stream (or after the point where it broke) still belongs
+    // to the blob's digest.
     io::copy(&mut compressed, &mut io::sink())?;
     Ok((compressed.finish(), uncompressed))
 }

@@ -19,6 +19,7 @@ pub mod images;
 pub mod public;
 pub mod repository;
 pub mod scan;
+mod verbose;
 
 use std::fmt;
 use std::sync::Arc;
@@ -163,6 +164,8 @@ pub struct AwsSettings {
     pub on_github: bool,
     pub ecr_endpoint: Option<String>,
     pub sts_endpoint: Option<String>,
+    /// Where a line per AWS call goes (`--verbose`).
+    pub log: crate::report::DebugLog,
 }
 
 /// Loaded AWS configuration: region, endpoints, and how to get credentials.
@@ -221,6 +224,9 @@ impl Aws {
         if let Some(endpoint) = &self.settings.sts_endpoint {
             builder = builder.endpoint_url(endpoint);
         }
+        if self.settings.log.enabled() {
+            builder = builder.interceptor(verbose::CallLog(self.settings.log.clone()));
+        }
         if let Some(credentials) = credentials {
             builder = builder.credentials_provider(credentials);
         }
@@ -229,9 +235,12 @@ impl Aws {
 
     /// An ECR Public client; its API exists only in us-east-1.
     pub fn public_client(&self, session: &Session) -> aws_sdk_ecrpublic::Client {
-        let builder = aws_sdk_ecrpublic::config::Builder::from(&self.config)
+        let mut builder = aws_sdk_ecrpublic::config::Builder::from(&self.config)
             .region(Region::new(public::REGION))
             .credentials_provider(session.credentials.clone());
+        if self.settings.log.enabled() {
+            builder = builder.interceptor(verbose::CallLog(self.settings.log.clone()));
+        }
         aws_sdk_ecrpublic::Client::from_conf(builder.build())
     }
 
@@ -254,6 +263,9 @@ impl Aws {
             aws_sdk_ecr::config::Builder::from(&self.config).credentials_provider(credentials);
         if let Some(endpoint) = &self.settings.ecr_endpoint {
             builder = builder.endpoint_url(endpoint);
+        }
+        if self.settings.log.enabled() {
+            builder = builder.interceptor(verbose::CallLog(self.settings.log.clone()));
         }
         aws_sdk_ecr::Client::from_conf(builder.build())
     }

@@ -6,6 +6,11 @@
 //! `GetAuthorizationToken` on every request; there is no token exchange. Credentials come from a
 //! [`CredentialProvider`], which can be asked for fresh ones when the registry refuses the old
 //! (an ECR token or STS session that expired during a long push).
+//!
+//! The token service a Bearer challenge names (its `realm`) gets our user name and password,
+//! so a challenge cannot aim them anywhere: a plain-`http` realm is followed only for a
+//! registry that is itself plain `http` on the same host, and a realm on a loopback, private
+//! or link-local address only for a registry on such an address too (see [`check_realm`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +22,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::RegistryError;
+use crate::report::DebugLog;
 use crate::secret::Secret;
 
 /// A user name and password for Basic auth (and for fetching bearer tokens).
@@ -135,6 +141,9 @@ pub struct Authenticator {
     /// One more than the newest auth generation the registry has accepted (answered other
     /// than 401/403), so a refusal can tell expired credentials from ones never good.
     accepted: AtomicU64,
+    /// The registry's own URL, which decides where a token service may be.
+    registry: url::Url,
+    log: DebugLog,
 }
 
 #[derive(Default)]
@@ -169,11 +178,13 @@ pub struct Authorization {
 }
 
 impl Authenticator {
-    pub fn new(provider: Box<dyn CredentialProvider>) -> Self {
+    pub fn new(provider: Box<dyn CredentialProvider>, registry: &url::Url, log: DebugLog) -> Self {
         Self {
             provider,
             state: Mutex::new(State::default()),
             accepted: AtomicU64::new(0),
+            registry: registry.clone(),
+            log,
         }
     }
 
@@ -203,12 +214,27 @@ impl Authenticator {
         refresh: bool,
     ) -> Result<Option<BasicCredentials>, RegistryError> {
         if refresh || !state.credentials_loaded {
+            self.log.line(|| {
+                if refresh {
+                    "auth: asking for new registry credentials".to_owned()
+                } else {
+                    "auth: loading the registry credentials".to_owned()
+                }
+            });
             state.credentials = self.provider.credentials(refresh).await?;
             state.basic_header = state
                 .credentials
                 .as_ref()
                 .map(BasicCredentials::header_value);
             state.credentials_loaded = true;
+            let found = state.credentials.is_some();
+            self.log.line(|| {
+                if found {
+                    "auth: registry credentials ready".to_owned()
+                } else {
+                    "auth: no registry credentials (anonymous)".to_owned()
+                }
+            });
         }
         Ok(state.credentials.clone())
     }
@@ -240,6 +266,14 @@ impl Authenticator {
             return Ok(false);
         }
         let challenge = challenge_header.and_then(Challenge::parse);
+        self.log.line(|| match &challenge {
+            Some(Challenge::Basic) => "auth: HTTP 401, the registry asks for Basic auth".into(),
+            Some(Challenge::Bearer { realm, .. }) => format!(
+                "auth: HTTP 401, the registry asks for a bearer token from {}",
+                describe_url(realm)
+            ),
+            None => "auth: HTTP 401 without a challenge this tool knows".into(),
+        });
         if let Some(challenge) = &challenge {
             state.challenge = Some(challenge.clone());
         }
@@ -253,15 +287,17 @@ impl Authenticator {
                 if had_token && already_refreshed {
                     return Ok(false);
                 }
+                let realm = check_realm(&self.registry, &realm)?;
                 let credentials = self.credentials(&mut state, had_token).await?;
                 let wanted = challenged.filter(|s| s != scope);
                 let token = fetch_token(
                     http,
-                    &realm,
+                    realm,
                     service.as_deref(),
                     scope,
                     wanted.as_deref(),
                     credentials.as_ref(),
+                    &self.log,
                 )
                 .await?;
                 let header = Secret::derived(format!("Bearer {}", token.expose()));
@@ -280,25 +316,96 @@ impl Authenticator {
         if reminted {
             state.reminted = Some(state.generation);
         }
+        self.log.line(|| {
+            if retry {
+                "auth: trying again with renewed authorization".into()
+            } else {
+                "auth: nothing left to try".into()
+            }
+        });
         Ok(retry)
     }
+}
+
+/// `scheme://host[:port]/path` of a URL given as text, without its query (or the text
+/// itself if it is not a URL), for messages.
+fn describe_url(text: &str) -> String {
+    url::Url::parse(text).map_or_else(
+        |_| format!("{text:?}"),
+        |url| {
+            format!(
+                "{}://{}{}{}",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                url.path()
+            )
+        },
+    )
+}
+
+/// Whether a host is a loopback, private or link-local address (or `localhost`): the runner's
+/// own network, where a hostile registry could aim our credentials.
+fn is_internal(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => {
+            let domain = domain.to_ascii_lowercase();
+            domain == "localhost" || domain.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => !super::is_public(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !super::is_public(std::net::IpAddr::V6(ip)),
+        None => true,
+    }
+}
+
+/// The token service URL of a Bearer challenge, if the registry at `registry` may send our
+/// credentials there: `https`, or plain `http` only on the registry's own host when the
+/// registry is plain `http` itself (a local test registry); and not on a loopback, private or
+/// link-local address unless the registry is on one too.
+pub(crate) fn check_realm(registry: &url::Url, realm: &str) -> Result<url::Url, RegistryError> {
+    let refuse = |why: &str| {
+        RegistryError::Protocol(format!(
+            "the registry {} named the token service {} ({why}); refusing to send credentials \
+             there. Use the registry's https:// address, or report this registry's \
+             configuration to its operator",
+            describe_url(registry.as_str()),
+            describe_url(realm)
+        ))
+    };
+    let url = url::Url::parse(realm).map_err(|_| refuse("not a URL"))?;
+    match url.scheme() {
+        "https" => {}
+        "http"
+            if registry.scheme() == "http"
+                && url.host_str().is_some()
+                && url.host_str() == registry.host_str() => {}
+        "http" => {
+            return Err(refuse(
+                "plain http, which is allowed only on the host of a plain-http registry",
+            ));
+        }
+        _ => return Err(refuse("neither https nor http")),
+    }
+    if is_internal(&url) && !is_internal(registry) {
+        return Err(refuse(
+            "a loopback, private or link-local address, while the registry is not on one",
+        ));
+    }
+    Ok(url)
 }
 
 /// GET `<realm>?service=..&scope=..` with Basic credentials if any; the answer is
 /// `{"token": ...}` or `{"access_token": ...}`.
 async fn fetch_token(
     http: &reqwest::Client,
-    realm: &str,
+    mut url: url::Url,
     service: Option<&str>,
     scope: &str,
     extra_scope: Option<&str>,
     credentials: Option<&BasicCredentials>,
+    log: &DebugLog,
 ) -> Result<Secret, RegistryError> {
-    let mut url = url::Url::parse(realm).map_err(|e| {
-        RegistryError::Protocol(format!(
-            "the registry's token service address {realm:?} is not a URL: {e}"
-        ))
-    })?;
+    let described = describe_url(url.as_str());
     {
         let mut query = url.query_pairs_mut();
         if let Some(service) = service {
@@ -314,10 +421,14 @@ async fn fetch_token(
         request = request.basic_auth(&credentials.username, Some(credentials.password.expose()));
     }
     let operation = "get a registry token";
-    let response = request
-        .send()
-        .await
-        .map_err(|e| RegistryError::transport(operation, &e))?;
+    let sent = request.send().await;
+    log.line(|| {
+        format!(
+            "auth: {operation} for {scope}: GET {described} -> {}",
+            super::answered(&sent)
+        )
+    });
+    let response = sent.map_err(|e| RegistryError::transport(operation, &e))?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(RegistryError::Unauthorized {
@@ -417,8 +528,11 @@ mod tests {
         };
 
         // The auth state, holding credentials, a bearer token and the header made of them.
-        let authenticator =
-            Authenticator::new(Box::new(StaticCredentials(Some(credentials.clone()))));
+        let authenticator = Authenticator::new(
+            Box::new(StaticCredentials(Some(credentials.clone()))),
+            &url::Url::parse("https://registry.example").unwrap(),
+            DebugLog::default(),
+        );
         let authorization = authenticator.authorization("repository:a:pull,push").await;
         let header = authorization.unwrap().header.expect("a Basic header");
         authenticator
@@ -479,7 +593,11 @@ mod tests {
         let scope = "repository:a:pull,push";
         let basic = Some(r#"Basic realm="ecr""#);
         let minted = std::sync::Arc::new(AtomicU64::new(0));
-        let auth = Authenticator::new(Box::new(Minting(std::sync::Arc::clone(&minted))));
+        let auth = Authenticator::new(
+            Box::new(Minting(std::sync::Arc::clone(&minted))),
+            &url::Url::parse("https://registry.example").unwrap(),
+            DebugLog::default(),
+        );
 
         // Credentials that worked, then are refused (expired): minted again, and retried.
         let first = auth.authorization(scope).await.unwrap();
@@ -532,7 +650,11 @@ mod tests {
     #[tokio::test]
     async fn anonymous_requests_are_not_retried_after_a_refusal() {
         let http = reqwest::Client::new();
-        let auth = Authenticator::new(Box::new(StaticCredentials(None)));
+        let auth = Authenticator::new(
+            Box::new(StaticCredentials(None)),
+            &url::Url::parse("https://registry.example").unwrap(),
+            DebugLog::default(),
+        );
         let sent = auth.authorization("repository:a:pull,push").await.unwrap();
         assert!(sent.header.is_none());
         assert!(
@@ -541,6 +663,94 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn token_services_that_would_leak_credentials_are_refused() {
+        let allowed = [
+            ("https://ghcr.io", "https://ghcr.io/token"),
+            ("https://registry.example", "https://auth.example/token?x=1"),
+            // A local test registry on plain http, with its token service on the same host.
+            ("http://127.0.0.1:5000", "http://127.0.0.1:5001/token"),
+            ("http://localhost:5000", "http://localhost:5000/token"),
+            // A registry in a private network, with its token service there too.
+            ("https://10.1.2.3:5000", "https://10.1.2.4/token"),
+            ("http://127.0.0.1:5000", "https://[::1]:8443/token"),
+        ];
+        for (registry, realm) in allowed {
+            let registry = url::Url::parse(registry).unwrap();
+            assert!(
+                check_realm(&registry, realm).is_ok(),
+                "{realm} for {registry}: {:?}",
+                check_realm(&registry, realm).err()
+            );
+        }
+        let refused = [
+            (
+                "https://registry.example",
+                "http://auth.example/token",
+                "plain http",
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "http://auth.example/token",
+                "plain http",
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "http://10.0.0.1/token",
+                "plain http",
+            ),
+            (
+                "https://registry.example",
+                "https://127.0.0.1/token",
+                "loopback",
+            ),
+            (
+                "https://registry.example",
+                "https://10.0.0.7/token",
+                "private",
+            ),
+            (
+                "https://registry.example",
+                "https://192.168.1.1/token",
+                "private",
+            ),
+            (
+                "https://registry.example",
+                "https://169.254.169.254/latest",
+                "link-local",
+            ),
+            (
+                "https://registry.example",
+                "https://[::1]/token",
+                "loopback",
+            ),
+            (
+                "https://registry.example",
+                "https://[fe80::1]/token",
+                "link-local",
+            ),
+            (
+                "https://registry.example",
+                "https://localhost/token",
+                "loopback",
+            ),
+            (
+                "https://registry.example",
+                "ftp://auth.example/token",
+                "neither https",
+            ),
+            ("https://registry.example", "not a url", "not a URL"),
+        ];
+        for (registry, realm, why) in refused {
+            let registry = url::Url::parse(registry).unwrap();
+            let error = check_realm(&registry, realm)
+                .expect_err(&format!("{realm} must be refused for {registry}"))
+                .to_string();
+            assert!(error.contains(why), "{realm}: {error}");
+            assert!(error.contains("refusing to send credentials"), "{error}");
+        }
     }
 
     #[test]

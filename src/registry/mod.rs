@@ -23,14 +23,15 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use oci_spec::image::Digest;
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LINK, LOCATION,
-    WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, LOCATION,
+    RANGE, WWW_AUTHENTICATE,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
 use crate::blob::Streamed;
+use crate::report::DebugLog;
 use crate::source::{Document, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use auth::{Authenticator, Authorization};
 pub use auth::{BasicCredentials, CredentialProvider, StaticCredentials};
@@ -59,11 +60,17 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Protocol(String),
-    /// A transient failure that lasted longer than the retry budget.
+    /// A transient failure that lasted longer than the retry budget. The message names the
+    /// limit that ended the retries and the two flags that move it.
     #[error(
-        "{last}; gave up after {attempts} attempt{} in {seconds:.1} s{}",
+        "{last}; gave up after {attempts} attempt{} in {seconds:.1} s ({}); if the registry \
+         only needs longer to recover, allow more with --retries or --timeout",
         if *attempts == 1 { "" } else { "s" },
-        asked.map(|s| format!(" (the registry asked to wait {s} s, longer than the time left of --timeout)")).unwrap_or_default()
+        match (asked, limit) {
+            (Some(s), _) => format!("the registry asked to wait {s} s, longer than the time left of --timeout"),
+            (None, RetryLimit::Attempts(max)) => format!("all {max} attempts of --retries were used"),
+            (None, RetryLimit::Time(total)) => format!("another try would not fit in --timeout {total} s"),
+        }
     )]
     Exhausted {
         last: Box<RegistryError>,
@@ -71,7 +78,18 @@ pub enum RegistryError {
         seconds: f64,
         /// A `Retry-After` that did not fit in the budget.
         asked: Option<u64>,
+        /// Which bound ended the retries.
+        limit: RetryLimit,
     },
+}
+
+/// The bound that ended a request's retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryLimit {
+    /// `--retries`: this many attempts were made.
+    Attempts(u32),
+    /// `--timeout`: this many seconds of retrying were spent.
+    Time(u64),
 }
 
 impl RegistryError {
@@ -139,6 +157,7 @@ impl RegistryError {
 
     /// This error, as the last of `attempts` that used up the retry budget.
     fn exhausted(self, attempts: &retry::Attempts<'_>, asked: Option<Duration>) -> Self {
+        let policy = attempts.policy();
         Self::Exhausted {
             last: Box::new(self),
             attempts: attempts.number(),
@@ -147,6 +166,11 @@ impl RegistryError {
             asked: asked
                 .filter(|d| attempts.past_budget(*d))
                 .map(|d| d.as_secs()),
+            limit: if attempts.number() >= policy.max_attempts {
+                RetryLimit::Attempts(policy.max_attempts)
+            } else {
+                RetryLimit::Time(policy.total.as_secs())
+            },
         }
     }
 }
@@ -197,6 +221,14 @@ pub struct UploadBody {
     pub outcome: tokio::task::JoinHandle<io::Result<Streamed>>,
 }
 
+/// What a blob check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobStatus {
+    Missing,
+    /// The repository has it; its size, if the registry said.
+    Present(Option<u64>),
+}
+
 /// Why an upload did not commit.
 #[derive(Debug)]
 pub enum UploadError<E> {
@@ -220,6 +252,8 @@ pub struct ClientOptions {
     /// Longest silence while waiting for a response or reading one (a stalled registry); at
     /// most half of `retry.total` is used (see [`RetryPolicy::stall_timeout`]).
     pub read_timeout: Duration,
+    /// Where a line per request and per auth step goes (`--verbose`).
+    pub log: DebugLog,
 }
 
 impl Default for ClientOptions {
@@ -228,6 +262,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            log: DebugLog::default(),
         }
     }
 }
@@ -244,6 +279,7 @@ pub struct Client {
     retry: RetryPolicy,
     /// Longest time without progress (no answer, no body bytes taken) before an attempt fails.
     stall: Duration,
+    log: DebugLog,
 }
 
 impl fmt::Debug for Client {
@@ -300,10 +336,11 @@ impl Client {
         Ok(Self {
             http,
             upload_http,
+            auth: Authenticator::new(credentials, &base, options.log.clone()),
             base,
-            auth: Authenticator::new(credentials),
             retry: options.retry.clone(),
             stall,
+            log: options.log.clone(),
         })
     }
 
@@ -351,18 +388,39 @@ impl Client {
         let mut refreshed = false;
         loop {
             let authorization = self.auth.authorization(scope).await?;
-            let result = with_auth(build(), &authorization).send().await;
+            let (http, request) = with_auth(build(), &authorization).build_split();
+            let request = request.map_err(|e| RegistryError::refused(operation, &e))?;
+            // Method and path only: queries carry upload state and, after a redirect, signed
+            // credentials.
+            let (method, path) = (request.method().clone(), request.url().path().to_owned());
+            let result = http.execute(request).await;
+            self.log.line(|| {
+                format!(
+                    "{operation}: {method} {path} -> {} (attempt {})",
+                    answered(&result),
+                    attempts.number()
+                )
+            });
             let delay = match result {
                 Ok(response) if may_refuse(&response) => {
                     let refusal = Refusal::of(operation, response, &authorization).await?;
-                    if self
+                    match self
                         .handle_refusal(&refusal, scope, &authorization, refreshed)
-                        .await?
+                        .await
                     {
-                        refreshed = true;
-                        continue;
+                        Ok(true) => {
+                            refreshed = true;
+                            continue;
+                        }
+                        Ok(false) => return Err(refusal.into_error(operation, &authorization)),
+                        // The token service is part of the registry: its hiccups are retried
+                        // like the registry's own.
+                        Err(error) if error.is_transient() => match attempts.next_delay(None) {
+                            Some(delay) => delay,
+                            None => return Err(error.exhausted(&attempts, None)),
+                        },
+                        Err(error) => return Err(error),
                     }
-                    return Err(refusal.into_error(operation, &authorization));
                 }
                 Ok(response) if retry::is_retryable_status(response.status()) => {
                     let asked = retry::retry_after(response.headers());
@@ -414,24 +472,66 @@ impl Client {
             .await
     }
 
-    /// The size of a blob if the repository has it.
+    /// The size of a blob if the repository has it and its size is known (see
+    /// [`Client::blob_status`]): `None` also when the registry would not say how large it is,
+    /// so a caller that skips existing blobs uploads it again rather than trust an unknown size.
     pub async fn blob_size(
         &self,
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
+        Ok(match self.blob_status(repository, digest).await? {
+            BlobStatus::Present(size) => size,
+            BlobStatus::Missing => None,
+        })
+    }
+
+    /// Whether the repository has a blob, and its size. `HEAD` answers carry the size in
+    /// `Content-Length`; when one does not (a proxy that strips it, a registry that sends its
+    /// answer chunked), the size is asked again with a one-byte range `GET`
+    /// (`Content-Range: bytes 0-0/<size>`), and left unknown if that does not tell either: an
+    /// absent header is not a size of 0.
+    pub async fn blob_status(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<BlobStatus, RegistryError> {
         let url = self.endpoint(repository, &format!("blobs/{digest}"));
         let operation = format!("check blob {digest} in {repository}");
+        let scope = push_scope(repository);
         let response = self
-            .execute(&operation, &push_scope(repository), &|| {
-                self.http.head(url.clone())
-            })
+            .execute(&operation, &scope, &|| self.http.head(url.clone()))
             .await?;
         match response.status() {
-            StatusCode::OK => Ok(Some(content_length(response.headers()).unwrap_or(0))),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(RegistryError::from_response(&operation, response).await),
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(BlobStatus::Missing),
+            _ => return Err(RegistryError::from_response(&operation, response).await),
         }
+        if let Some(size) = content_length(response.headers()) {
+            return Ok(BlobStatus::Present(Some(size)));
+        }
+        let operation = format!("ask the size of blob {digest} in {repository}");
+        let response = self
+            .execute(&operation, &scope, &|| {
+                self.http.get(url.clone()).header(RANGE, "bytes=0-0")
+            })
+            .await?;
+        let size = match response.status() {
+            StatusCode::PARTIAL_CONTENT => response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(_, total)| total.trim().parse().ok()),
+            // The range was ignored: the whole blob would follow (it is not read).
+            StatusCode::OK => content_length(response.headers()),
+            _ => None,
+        };
+        self.log.line(|| match size {
+            Some(size) => format!("{operation}: {size} bytes (the HEAD answer had no length)"),
+            None => format!("{operation}: unknown (no length in the HEAD or range answers)"),
+        });
+        Ok(BlobStatus::Present(size))
     }
 
     /// Streams a blob to the registry and commits it if `check` accepts what was sent.
@@ -522,6 +622,7 @@ impl Client {
         let sent = self
             .send_watched(with_auth(request, &authorization), &progress, &operation)
             .await;
+        self.log_patch(&operation, &location, &sent, attempts.number());
         let outcome = body.outcome.await.map_err(|e| {
             Attempt::Final(UploadError::Source(io::Error::other(format!(
                 "the blob reader failed: {e}"
@@ -603,6 +704,25 @@ impl Client {
         }
     }
 
+    fn log_patch(
+        &self,
+        operation: &str,
+        location: &Url,
+        sent: &Result<Response, RegistryError>,
+        attempt: u32,
+    ) {
+        self.log.line(|| {
+            let answer = match sent {
+                Ok(response) => format!("HTTP {}", response.status().as_u16()),
+                Err(_) => "no answer".to_owned(),
+            };
+            format!(
+                "{operation}: PATCH {} -> {answer} (attempt {attempt})",
+                location.path()
+            )
+        });
+    }
+
     /// Sends a streaming request and waits for its answer, failing the attempt when nothing
     /// moves for [`Client::stall`]: neither a body chunk taken by the connection nor an answer.
     /// (A fixed deadline would cut off large uploads on slow links; no deadline would let a
@@ -657,36 +777,64 @@ impl Client {
             .query_pairs_mut()
             .append_pair("digest", digest.as_ref());
         let operation = format!("commit blob {digest} to {repository}");
-        let authorization = self
-            .auth
-            .authorization(scope)
-            .await
-            .map_err(Attempt::from_registry)?;
-        let request = self.http.put(location).header(CONTENT_LENGTH, 0);
-        let response = match with_auth(request, &authorization).send().await {
-            Ok(response) => response,
-            Err(error) if !is_transient_transport(&error) => {
-                return Err(Attempt::from_registry(RegistryError::refused(
-                    &operation, &error,
-                )));
-            }
-            Err(error) => {
-                // The commit may have landed before the connection broke; if the blob is there
-                // with the right size, the upload is done.
-                if let Ok(Some(size)) = self.blob_size(repository, digest).await
-                    && size == streamed.sent.size
-                {
-                    return Ok(());
+        // An expired token (ECR's after 12 hours, a registry's short-lived bearer tokens) may be
+        // refused at the commit after a long upload: renew it once and commit again; the
+        // uploaded bytes wait in the session.
+        let mut refreshed = refreshed;
+        let response = loop {
+            let authorization = self
+                .auth
+                .authorization(scope)
+                .await
+                .map_err(Attempt::from_registry)?;
+            let request = self.http.put(location.clone()).header(CONTENT_LENGTH, 0);
+            let sent = with_auth(request, &authorization).send().await;
+            self.log.line(|| {
+                format!(
+                    "{operation}: PUT {} -> {}",
+                    location.path(),
+                    answered(&sent)
+                )
+            });
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) if !is_transient_transport(&error) => {
+                    return Err(Attempt::from_registry(RegistryError::refused(
+                        &operation, &error,
+                    )));
                 }
-                return Err(Attempt::Transient(
-                    RegistryError::transport(&operation, &error),
-                    None,
+                Err(error) => {
+                    // The commit may have landed before the connection broke; if the blob is
+                    // there with the right size, the upload is done.
+                    if let Ok(Some(size)) = self.blob_size(repository, digest).await
+                        && size == streamed.sent.size
+                    {
+                        return Ok(());
+                    }
+                    return Err(Attempt::Transient(
+                        RegistryError::transport(&operation, &error),
+                        None,
+                    ));
+                }
+            };
+            if !may_refuse(&response) {
+                self.auth.accepted(&authorization);
+                break response;
+            }
+            let refusal = Refusal::of(&operation, response, &authorization)
+                .await
+                .map_err(|error| Attempt::from_session(error, None))?;
+            if !self
+                .handle_refusal(&refusal, scope, &authorization, refreshed)
+                .await
+                .map_err(Attempt::from_registry)?
+            {
+                return Err(Attempt::Final(
+                    refusal.into_error(&operation, &authorization).into(),
                 ));
             }
+            refreshed = true;
         };
-        let response = self
-            .unless_refused(&operation, response, scope, &authorization, refreshed)
-            .await?;
         if !matches!(
             response.status(),
             StatusCode::CREATED | StatusCode::ACCEPTED | StatusCode::NO_CONTENT
@@ -702,7 +850,10 @@ impl Client {
         {
             return Err(Attempt::Final(UploadError::Registry(
                 RegistryError::Protocol(format!(
-                    "{operation}: the registry stored digest {returned}, not {digest}"
+                    "{operation}: the registry answered that it stored digest {returned}, not \
+                     {digest}, so it does not hold what was sent; push again, and if this \
+                     repeats, check the registry or whatever sits between it and this machine \
+                     (a proxy that rewrites uploads)"
                 )),
             )));
         }
@@ -712,9 +863,16 @@ impl Client {
     /// Best effort: tell the registry to drop an upload session that will not be committed.
     async fn abandon(&self, location: &Url, scope: &str) {
         if let Ok(authorization) = self.auth.authorization(scope).await {
-            let _ = with_auth(self.http.delete(location.clone()), &authorization)
+            let sent = with_auth(self.http.delete(location.clone()), &authorization)
                 .send()
                 .await;
+            self.log.line(|| {
+                format!(
+                    "cancel an upload: DELETE {} -> {}",
+                    location.path(),
+                    answered(&sent)
+                )
+            });
         }
     }
 
@@ -840,7 +998,11 @@ impl Client {
             && returned != document.digest
         {
             return Err(RegistryError::Protocol(format!(
-                "{operation}: the registry stored it as {returned}; it must not change a manifest"
+                "{operation}: the registry answered that it stored it as {returned}, but a \
+                 registry must store a manifest byte for byte (expected {}); do not use this \
+                 image from this registry, and check the registry or whatever sits between it \
+                 and this machine",
+                document.digest
             )));
         }
         Ok(())
@@ -1173,6 +1335,18 @@ impl Refusal {
 fn refuses_credentials(code: Option<&str>, message: &str) -> bool {
     matches!(code, Some("DENIED" | "UNAUTHORIZED"))
         || message.to_ascii_lowercase().contains("expired")
+}
+
+/// How a request ended, for a debug line: the status, or what kind of failure it was (never
+/// the error's text, which may name a URL with credentials in its query).
+fn answered(result: &Result<Response, reqwest::Error>) -> String {
+    match result {
+        Ok(response) => format!("HTTP {}", response.status().as_u16()),
+        Err(error) if error.is_timeout() => "no answer (timed out)".into(),
+        Err(error) if error.is_connect() => "no answer (cannot connect)".into(),
+        Err(error) if error.is_redirect() => "redirect refused".into(),
+        Err(_) => "no answer (the connection failed)".into(),
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

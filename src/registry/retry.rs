@@ -98,6 +98,11 @@ impl Attempts<'_> {
         self.started.elapsed() + delay >= self.policy.total
     }
 
+    /// The policy these attempts follow.
+    pub fn policy(&self) -> &RetryPolicy {
+        self.policy
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

@@ -3,9 +3,11 @@
 //! A tar is never extracted. One sequential pass over its headers records, for every regular
 //! file, the offset and length of its body; symlinks and hardlinks (docker save uses both) are
 //! resolved inside the archive. A gzip- or zstd-wrapped tar is not seekable, so it is
-//! decompressed once into an anonymous temporary file and indexed like a plain tar; as that
-//! cannot use more than one core, a spare core meanwhile compresses what it can of the legacy
-//! layers in it (they are compressed on the way out anyway).
+//! decompressed once into an anonymous temporary file and indexed like a plain tar — and only
+//! as far as the temporary directory has room: a small file that decompresses to terabytes (a
+//! decompression bomb, or an image too large for this disk) is refused before it fills the
+//! disk of the runner. Decompressing cannot use more than one core, so a spare core meanwhile
+//! compresses what it can of the legacy layers in it (they are compressed on the way out anyway).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -248,11 +250,75 @@ fn decompress_to_temp(
     temp_dir: &Path,
     precompress: Option<Compression>,
 ) -> Result<(File, HashMap<u64, Arc<PreparedChunks>>), SourceError> {
+    decompress_to_temp_within(
+        decoder,
+        path,
+        wrapping,
+        temp_dir,
+        room_in(temp_dir),
+        precompress,
+    )
+}
+
+/// The part of the free space of `dir` a decompressed tar may take: all but 5 %, so that the
+/// runner (and the layers compressed later) keep some. `None` where it cannot be known.
+fn room_in(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let stat = rustix::fs::statvfs(dir).ok()?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        Some(free - free / 20)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// A writer that refuses to take more than `limit` bytes.
+struct Bounded<W> {
+    inner: W,
+    written: u64,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl<W: io::Write> io::Write for Bounded<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other("the decompressed tar does not fit"));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`decompress_to_temp`], writing at most `limit` bytes (no limit: `None`).
+fn decompress_to_temp_within(
+    decoder: impl Read,
+    path: &Path,
+    wrapping: Wrapping,
+    temp_dir: &Path,
+    limit: Option<u64>,
+    precompress: Option<Compression>,
+) -> Result<(File, HashMap<u64, Arc<PreparedChunks>>), SourceError> {
     // Anonymous and already unlinked: nothing is left behind, whatever way the process ends.
     let mut temp = tempfile::tempfile_in(temp_dir).map_err(|e| SourceError::io(temp_dir, e))?;
     let mut tee = Tee {
         input: decoder,
-        copy: io::BufWriter::with_capacity(IO_BUFFER, &temp),
+        copy: Bounded {
+            inner: io::BufWriter::with_capacity(IO_BUFFER, &temp),
+            written: 0,
+            limit: limit.unwrap_or(u64::MAX),
+            exceeded: false,
+        },
         failure: None,
     };
     let prepared = precompress
@@ -270,15 +336,28 @@ fn decompress_to_temp(
         }
     }
     let flushed = io::Write::flush(&mut tee.copy);
+    let broken = |reason: String| SourceError::NotAnImage {
+        path: path.to_path_buf(),
+        reason,
+    };
     match tee.failure {
         Some(TeeFailure::Read(e)) => {
-            return Err(SourceError::NotAnImage {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "it looks like a {} but cannot be decompressed ({e}); is it truncated?",
-                    wrapping.name()
-                ),
-            });
+            return Err(broken(format!(
+                "it looks like a {} but cannot be decompressed ({e}); is it truncated?",
+                wrapping.name()
+            )));
+        }
+        Some(TeeFailure::Write(_)) if tee.copy.exceeded => {
+            return Err(broken(format!(
+                "it is a {} that decompresses to more than {} ({} bytes), the room left in \
+                 the temporary directory {}; it is a decompression bomb, or an image too \
+                 large for this disk: point TMPDIR (RUNNER_TEMP on GitHub Actions) at a \
+                 disk with more room, or pass the tar uncompressed",
+                wrapping.name(),
+                crate::report::human_bytes(tee.copy.limit),
+                tee.copy.limit,
+                temp_dir.display()
+            )));
         }
         Some(TeeFailure::Write(e)) => return Err(SourceError::io(temp_dir, e)),
         None => flushed.map_err(|e| SourceError::io(temp_dir, e))?,
@@ -587,6 +666,71 @@ impl TarIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_fills_the_disk() {
+        // 16 MiB of zeros in a tar, gzip-compressed to well under 100 KiB, with room for 2 MiB.
+        let mut tar = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut tar);
+            let zeros = vec![0u8; 16 * 1024 * 1024];
+            append_file(&mut builder, "zeros", &zeros);
+            builder.finish().unwrap();
+        }
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gzip, &tar).unwrap();
+        let bomb = gzip.finish().unwrap();
+        assert!(
+            bomb.len() < 100 * 1024,
+            "a small file: {} bytes",
+            bomb.len()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let decoder = flate2::read::MultiGzDecoder::new(&bomb[..]);
+        let error = decompress_to_temp_within(
+            decoder,
+            Path::new("bomb.tar.gz"),
+            Wrapping::Gzip,
+            dir.path(),
+            Some(2 * 1024 * 1024),
+            None,
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            error.contains("decompresses to more than 2.0 MiB (2097152 bytes)"),
+            "{error}"
+        );
+        assert!(error.contains("TMPDIR"), "{error}");
+
+        // The same archive with room enough goes through.
+        let decoder = flate2::read::MultiGzDecoder::new(&bomb[..]);
+        let (file, _) = decompress_to_temp_within(
+            decoder,
+            Path::new("big.tar.gz"),
+            Wrapping::Gzip,
+            dir.path(),
+            Some(32 * 1024 * 1024),
+            None,
+        )
+        .unwrap();
+        assert_eq!(file.metadata().unwrap().len(), tar.len() as u64);
+    }
+
+    #[test]
+    fn the_room_for_decompressing_is_most_of_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = room_in(dir.path()).expect("statvfs works on a temp dir");
+        let stat = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = stat.f_bavail * stat.f_frsize;
+        // (Others may write between the two looks.)
+        let expected = free - free / 20;
+        assert!(
+            room.abs_diff(expected) < 256 * 1024 * 1024,
+            "{room} bytes of room, expected about {expected}"
+        );
+    }
 
     #[test]
     fn normalize_accepts_relative_and_refuses_escapes() {

@@ -11,4 +11,5 @@ mod faults;
 mod formats;
 mod harness_selftest;
 mod ops;
+mod secrets;
 mod single_platform;

@@ -1,14 +1,25 @@
 //! An HTTP proxy between ecr-push and the real registry that can misbehave on purpose: answer
 //! with a chosen status (401, 429, 503, …), drop the connection before answering or in the
-//! middle of a request body, stall, flip bytes of a body on its way to the registry, change
-//! the answer (drop headers, 201 for 202, relative or hostile `Location`), or pass the request
-//! on. A hook decides per request; every request is recorded with its [`Kind`].
+//! middle of a request body, stall, flip bytes of a body on its way to the registry or back,
+//! change the answer (drop or forge headers such as `Content-Length` or
+//! `Docker-Content-Digest`, serve other bytes, 201 for 202, relative or hostile `Location`),
+//! or pass the request on. A hook decides per request; every request is recorded with its
+//! [`Kind`], and the first 256 KiB of every answer body are kept (a test can read what an API
+//! handed out, e.g. the session credentials STS issued).
 //!
 //! [`Faults`] builds such a hook from rules ("30% of PATCH requests answer 503", "the first
-//! commit is reset"), reproducibly for a seed. [`Proxy::start_ecr_style`] also makes the
-//! registry answer the way ECR does (see `DESIGN.md` §4): 201 on PATCH with no `Location` and a
-//! stale `Range`, relative upload `Location`s, no `Docker-Content-Digest` on manifest GET and no
-//! `Location` on manifest PUT. [`Proxy::start_observing_manifests`] hands every accepted
+//! commit is reset", "the first PATCH whose body is at least 32 KiB is cut after 16 KiB"),
+//! reproducibly for a seed.
+//!
+//! A fault that fired is not necessarily a fault that happened: a reset "after 16 KiB" of a
+//! 900-byte body cuts nothing, a flip of byte 1000 of that body flips nothing. So the proxy
+//! records what it actually did to each request ([`Outcome`]: body bytes read and whether the
+//! body was read to its end, the offset actually flipped, whether an answer was cut short, …),
+//! and [`Proxy::effective`] counts, per rule, the requests on which its fault had its effect.
+//!
+//! [`Proxy::start_ecr_style`] also makes the registry answer the way ECR does (see `DESIGN.md`
+//! §4): 201 on PATCH with no `Location` and a stale `Range`, relative upload `Location`s, no
+//! `Docker-Content-Digest` on manifest GET and no `Location` on manifest PUT. [`Proxy::start_observing_manifests`] hands every accepted
 //! manifest PUT to a callback (the ECR mirror, `mirror.rs`, is built on it).
 
 use std::collections::HashMap;
@@ -97,8 +108,11 @@ pub struct Seen {
     /// Path and query.
     pub target: String,
     pub authorization: Option<String>,
-    /// The request's `Content-Length`, if it sent one (blob uploads do).
+    /// The request's `Content-Length` (none for a chunked body, e.g. a layer compressed while
+    /// it is sent).
     pub content_length: Option<u64>,
+    /// The request's `Range` header.
+    pub range: Option<String>,
     pub kind: Kind,
     /// When the proxy received it.
     pub at: Instant,
@@ -124,6 +138,10 @@ pub struct Modify {
     /// Pass the request on without its query string (a mount `POST ?mount=&from=` becomes a
     /// plain upload start: a registry that cannot mount answers that way).
     pub strip_query: bool,
+    /// XOR this byte of the answer's body with 0xff on its way to the client.
+    pub flip_response_byte: Option<u64>,
+    /// Answer with this body instead of the registry's (a registry that serves other bytes).
+    pub response_body: Option<Bytes>,
 }
 
 impl Modify {
@@ -140,7 +158,53 @@ impl Modify {
             ..Self::default()
         }
     }
+
+    /// The answer with header `name` (lower case) set to `value`: a registry that lies.
+    pub fn with_header(name: &str, value: &str) -> Self {
+        Self {
+            set_headers: vec![(name.to_ascii_lowercase(), value.to_owned())],
+            ..Self::default()
+        }
+    }
+
+    /// Whether every change asked for took effect on a request with this outcome.
+    fn took_effect(&self, outcome: &Outcome) -> bool {
+        (self.flip_request_byte.is_none() || outcome.flipped.is_some())
+            && (self.flip_response_byte.is_none() || outcome.response_flipped.is_some())
+            && (self.truncate_response.is_none() || outcome.response_cut)
+            && (self.remove_headers.is_empty()
+                && self.set_headers.is_empty()
+                && !self.relative_location
+                || outcome.headers_changed)
+    }
 }
+
+/// What the proxy actually did with one request, as far as the client could notice.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Request body bytes read from the client.
+    pub body_read: u64,
+    /// Whether the request body was read to its end (false: the connection was closed, or the
+    /// proxy stopped reading, before the client had sent all of it).
+    pub body_complete: bool,
+    /// `sha256:<hex>` of the whole request body as the client sent it (before any flip).
+    pub body_digest: Option<String>,
+    /// The offset of a request body byte flipped on its way to the registry.
+    pub flipped: Option<u64>,
+    /// The status of the answer the client got; `None` if the connection broke instead.
+    pub status: Option<u16>,
+    /// The answer's body was cut short: the client got less than the registry sent.
+    pub response_cut: bool,
+    /// The offset of an answer body byte flipped on its way to the client.
+    pub response_flipped: Option<u64>,
+    /// Some header of the answer was removed, set or rewritten.
+    pub headers_changed: bool,
+    /// The first [`RECORDED_BODY`] bytes of the answer's body.
+    pub response_body: Vec<u8>,
+}
+
+/// How much of each answer body is kept in [`Outcome::response_body`].
+const RECORDED_BODY: usize = 256 * 1024;
 
 /// What to do with a request.
 pub enum Action {
@@ -233,6 +297,16 @@ impl Fault {
         }
     }
 
+    /// Whether this fault, having fired on a request, had its effect on it.
+    fn took_effect(&self, outcome: &Outcome) -> bool {
+        match self {
+            Self::Status { .. } | Self::Reset | Self::ForwardThenReset | Self::Stall(_) => true,
+            // A body shorter than the cut point was read whole: nothing was cut.
+            Self::ResetMidBody(_) | Self::StallMidBody(..) => !outcome.body_complete,
+            Self::Modify(modify) => modify.took_effect(outcome),
+        }
+    }
+
     fn action(&self) -> Action {
         match self {
             Self::Status {
@@ -272,6 +346,8 @@ impl Fault {
 
 struct Rule {
     kinds: Vec<Kind>,
+    /// Only requests whose body is at least this long (or of unknown length: chunked).
+    min_body: Option<u64>,
     when: When,
     fault: Fault,
     matched: AtomicUsize,
@@ -284,6 +360,8 @@ struct Rule {
 pub struct Faults {
     seed: u64,
     rules: Vec<Rule>,
+    /// Request number → the rule that fired on it.
+    fired_on: Mutex<HashMap<usize, usize>>,
 }
 
 impl Faults {
@@ -291,14 +369,29 @@ impl Faults {
         Self {
             seed,
             rules: Vec::new(),
+            fired_on: Mutex::new(HashMap::new()),
         }
     }
 
     /// Adds a rule for requests of `kinds` (empty: every request).
     #[must_use]
-    pub fn on(mut self, kinds: &[Kind], when: When, fault: Fault) -> Self {
+    pub fn on(self, kinds: &[Kind], when: When, fault: Fault) -> Self {
+        self.add(kinds, None, when, fault)
+    }
+
+    /// Adds a rule for requests of `kinds` whose body is at least `min_body` bytes long by
+    /// their `Content-Length`, or has no `Content-Length` (streamed while it is produced, as a
+    /// layer compressed on the fly): with it a fault can aim at layer bodies and leave the
+    /// small config blob alone. `When` counts only such requests.
+    #[must_use]
+    pub fn on_bodies(self, kinds: &[Kind], min_body: u64, when: When, fault: Fault) -> Self {
+        self.add(kinds, Some(min_body), when, fault)
+    }
+
+    fn add(mut self, kinds: &[Kind], min_body: Option<u64>, when: When, fault: Fault) -> Self {
         self.rules.push(Rule {
             kinds: kinds.to_vec(),
+            min_body,
             when,
             fault,
             matched: AtomicUsize::new(0),
@@ -312,6 +405,11 @@ impl Faults {
             if !rule.kinds.is_empty() && !rule.kinds.contains(&seen.kind) {
                 continue;
             }
+            if let (Some(min), Some(length)) = (rule.min_body, seen.content_length)
+                && length < min
+            {
+                continue;
+            }
             let n = rule.matched.fetch_add(1, Ordering::SeqCst);
             let fires = match rule.when {
                 When::Always => true,
@@ -320,6 +418,7 @@ impl Faults {
             };
             if fires {
                 rule.fired.fetch_add(1, Ordering::SeqCst);
+                self.fired_on.lock().unwrap().insert(seen.number, index);
                 return rule.fault.action();
             }
         }
@@ -332,6 +431,11 @@ impl Faults {
             .iter()
             .map(|rule| rule.fired.load(Ordering::SeqCst))
             .collect()
+    }
+
+    /// The rule that fired on request `number`, if any.
+    fn rule_of(&self, number: usize) -> Option<usize> {
+        self.fired_on.lock().unwrap().get(&number).copied()
     }
 }
 
@@ -375,6 +479,14 @@ struct State {
     faults: Option<Arc<Faults>>,
     /// Told of every manifest PUT the registry accepted, before the client gets the answer.
     on_manifest_put: Option<Arc<ManifestHook>>,
+    /// What was done with each request, by request number.
+    outcomes: Mutex<HashMap<usize, Outcome>>,
+}
+
+impl State {
+    fn note(&self, number: usize, change: impl FnOnce(&mut Outcome)) {
+        change(self.outcomes.lock().unwrap().entry(number).or_default());
+    }
 }
 
 pub struct Proxy {
@@ -456,6 +568,7 @@ impl Proxy {
             sessions: Mutex::new(HashMap::new()),
             faults,
             on_manifest_put,
+            outcomes: Mutex::new(HashMap::new()),
         });
         let serving = Arc::clone(&state);
         runtime.spawn(async move {
@@ -515,12 +628,69 @@ impl Proxy {
             .map(|faults| faults.fired())
             .unwrap_or_default()
     }
+
+    /// What was done with request `number` (see [`Seen::number`]).
+    pub fn outcome(&self, number: usize) -> Outcome {
+        self.state
+            .outcomes
+            .lock()
+            .unwrap()
+            .get(&number)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every request seen so far with what was done with it, in order.
+    pub fn records(&self) -> Vec<(Seen, Outcome)> {
+        self.seen()
+            .into_iter()
+            .map(|seen| {
+                let outcome = self.outcome(seen.number);
+                (seen, outcome)
+            })
+            .collect()
+    }
+
+    /// The requests on which fault rule `rule` fired, with what was done with them.
+    pub fn fired_on(&self, rule: usize) -> Vec<(Seen, Outcome)> {
+        let Some(faults) = &self.state.faults else {
+            return Vec::new();
+        };
+        self.records()
+            .into_iter()
+            .filter(|(seen, _)| faults.rule_of(seen.number) == Some(rule))
+            .collect()
+    }
+
+    /// For each fault rule, on how many requests its fault had its effect (a reset that cut a
+    /// body before its end, a flip inside the body, …), not merely fired.
+    pub fn effective(&self) -> Vec<usize> {
+        let Some(faults) = &self.state.faults else {
+            return Vec::new();
+        };
+        (0..faults.rules.len())
+            .map(|index| {
+                self.fired_on(index)
+                    .iter()
+                    .filter(|(_, outcome)| faults.rules[index].fault.took_effect(outcome))
+                    .count()
+            })
+            .collect()
+    }
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
 fn broken(what: &str) -> std::io::Error {
     std::io::Error::other(format!("test proxy: {what}"))
+}
+
+fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 async fn handle(
@@ -540,21 +710,16 @@ async fn handle(
             kind: Kind::of(&method, &target),
             method,
             target,
-            authorization: request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            content_length: request
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
+            authorization: header(&request, "authorization"),
+            content_length: header(&request, "content-length").and_then(|v| v.parse().ok()),
+            range: header(&request, "range"),
             at: Instant::now(),
         };
         all.push(seen.clone());
         seen
     };
+    let number = seen.number;
+    state.note(number, |_| {});
     match (state.hook)(&seen) {
         Action::Respond {
             status,
@@ -562,7 +727,14 @@ async fn handle(
             body,
         } => {
             // Read the body first, as a registry would before refusing it.
-            let _ = request.into_body().collect().await;
+            let (read, complete, digest) = read_all(request.into_body()).await;
+            state.note(number, |outcome| {
+                outcome.body_read = read;
+                outcome.body_complete = complete;
+                outcome.body_digest = digest;
+                outcome.status = Some(status);
+                outcome.response_body = body.as_bytes().to_vec();
+            });
             let mut response = Response::builder().status(status);
             for (name, value) in headers {
                 response = response.header(name, value);
@@ -572,22 +744,29 @@ async fn handle(
         Action::Forward => forward(&state, &seen, request, &Modify::default()).await,
         Action::ForwardModified(modify) => forward(&state, &seen, request, &modify).await,
         Action::Reset => {
-            let _ = request.into_body().collect().await;
+            let (read, complete, digest) = read_all(request.into_body()).await;
+            state.note(number, |outcome| {
+                outcome.body_read = read;
+                outcome.body_complete = complete;
+                outcome.body_digest = digest;
+            });
             Err(broken("connection reset before answering"))
         }
         Action::ResetMidBody { after } => {
-            let _body = read_some(request.into_body(), after).await;
+            let _body = read_some(&state, &seen, request.into_body(), after).await;
             Err(broken("connection reset in the middle of the request body"))
         }
         Action::StallMidBody { after, stall } => {
             // Keep the body (and so the connection) open without reading more.
-            let _body = read_some(request.into_body(), after).await;
+            let _body = read_some(&state, &seen, request.into_body(), after).await;
             tokio::time::sleep(stall).await;
             Err(broken("stalled in the middle of the request body"))
         }
         Action::ForwardThenReset => {
             let response = forward(&state, &seen, request, &Modify::default()).await?;
             let _ = response.into_body().collect().await;
+            // The registry answered; the client never saw it.
+            state.note(number, |outcome| outcome.status = None);
             Err(broken("connection reset after the registry answered"))
         }
         Action::Stall(duration) => {
@@ -597,20 +776,68 @@ async fn handle(
     }
 }
 
-/// Reads at least `limit` bytes of a body (or all of it), and hands back the rest unread.
-async fn read_some(mut body: Incoming, limit: u64) -> Incoming {
+/// Reads a whole body: its length, whether it ended normally, and its digest.
+async fn read_all(mut body: Incoming) -> (u64, bool, Option<String>) {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
     let mut read = 0u64;
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    read += data.len() as u64;
+                }
+            }
+            Some(Err(_)) => return (read, false, None),
+            None => {
+                let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+                return (read, true, Some(digest));
+            }
+        }
+    }
+}
+
+/// Reads at least `limit` bytes of a body (or all of it), notes how much was read and whether
+/// that was the whole body, and hands back the rest unread.
+async fn read_some(state: &State, seen: &Seen, mut body: Incoming, limit: u64) -> Incoming {
+    use hyper::body::Body as _;
+    let mut read = 0u64;
+    let mut ended = false;
     while read < limit {
         match body.frame().await {
             Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
-            _ => break,
+            Some(Err(_)) => break,
+            None => {
+                ended = true;
+                break;
+            }
         }
     }
+    let complete = if ended || body.is_end_stream() {
+        true
+    } else if let Some(length) = seen.content_length {
+        read >= length
+    } else {
+        // A chunked body that may or may not have ended right at the limit: one more look.
+        // More data, or nothing yet (the client is still sending), means it was cut.
+        match tokio::time::timeout(Duration::from_millis(300), body.frame()).await {
+            Ok(None) => true,
+            Ok(Some(Ok(frame))) => {
+                frame.data_ref().is_none_or(|d| d.is_empty()) && body.is_end_stream()
+            }
+            Ok(Some(Err(_))) | Err(_) => false,
+        }
+    };
+    state.note(seen.number, |outcome| {
+        outcome.body_read = read;
+        outcome.body_complete = complete;
+    });
     body
 }
 
-fn full(text: String) -> Body {
-    Full::new(Bytes::from(text))
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
 }
@@ -627,8 +854,35 @@ fn upload_key(location_or_target: &str) -> String {
         .to_owned()
 }
 
+/// What the forwarded request body has been so far (for [`Outcome`]).
+#[derive(Default)]
+struct BodyTrack {
+    hasher: sha2::Sha256,
+    read: u64,
+    failed: bool,
+    /// Noted in the outcome already.
+    done: bool,
+}
+
+impl BodyTrack {
+    /// Notes the body's end in the outcome of request `number` (once).
+    fn finish(&mut self, state: &State, number: usize) {
+        use sha2::Digest as _;
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (read, complete) = (self.read, !self.failed);
+        let digest = std::mem::take(&mut self.hasher).finalize();
+        state.note(number, |outcome| {
+            outcome.body_read = read;
+            outcome.body_complete = complete;
+            outcome.body_digest = complete.then(|| format!("sha256:{}", hex::encode(digest)));
+        });
+    }
+}
+
 async fn forward(
-    state: &State,
+    state: &Arc<State>,
     seen: &Seen,
     request: Request<Incoming>,
     modify: &Modify,
@@ -675,9 +929,13 @@ async fn forward(
     {
         return forward_observed(state, seen, &parts.headers, body, outgoing, on_put).await;
     }
+    let number = seen.number;
+    let length = seen.content_length;
     let flip = modify.flip_request_byte;
     let throttle = modify.throttle;
-    let mut offset = 0u64;
+    let track = Arc::new(Mutex::new(BodyTrack::default()));
+    let tracking = Arc::clone(&track);
+    let noting = Arc::clone(state);
     let chunks = BodyStream::new(body).filter_map(move |frame| {
         let delay = match (&frame, throttle) {
             (Ok(frame), Some(rate)) => frame.data_ref().map_or(Duration::ZERO, |d| {
@@ -687,36 +945,54 @@ async fn forward(
         };
         let result = match frame {
             Ok(frame) => frame.into_data().ok().map(|data| {
-                let start = offset;
-                offset += data.len() as u64;
+                use sha2::Digest as _;
+                let mut track = tracking.lock().unwrap();
+                track.hasher.update(&data);
+                let start = track.read;
+                track.read += data.len() as u64;
+                // A body of known length ends here: the HTTP client sending it on stops
+                // polling once it has that many bytes, so the end of the stream is never seen.
+                if length == Some(track.read) {
+                    track.finish(&noting, number);
+                }
                 match flip {
-                    Some(at) if at >= start && at < offset => {
+                    Some(at) if at >= start && at < track.read => {
                         let mut bytes = data.to_vec();
                         bytes[(at - start) as usize] ^= 0xff;
+                        noting.note(number, |outcome| outcome.flipped = Some(at));
                         Ok::<_, std::io::Error>(Bytes::from(bytes))
                     }
                     _ => Ok(data),
                 }
             }),
-            Err(error) => Some(Err(std::io::Error::other(error))),
+            Err(error) => {
+                tracking.lock().unwrap().failed = true;
+                Some(Err(std::io::Error::other(error)))
+            }
         };
         async move {
             tokio::time::sleep(delay).await;
             result
         }
     });
+    // Runs once the client's body has been read to its end (or broke off).
+    let finishing = Arc::clone(state);
+    let end = futures::stream::once(async move {
+        track.lock().unwrap().finish(&finishing, number);
+    })
+    .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
     let upstream = outgoing
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(reqwest::Body::wrap_stream(chunks.chain(end)))
         .send()
         .await
         .map_err(std::io::Error::other)?;
-    Ok(answer(state, seen.kind, upstream, modify))
+    Ok(answer(state, seen, upstream, modify))
 }
 
 /// Forwards a manifest PUT whole (manifests are small) and, once the registry accepted it,
 /// tells `on_put` before answering the client.
 async fn forward_observed(
-    state: &State,
+    state: &Arc<State>,
     seen: &Seen,
     headers: &hyper::HeaderMap,
     body: Incoming,
@@ -754,17 +1030,19 @@ async fn forward_observed(
             .await
             .map_err(std::io::Error::other)?;
     }
-    Ok(answer(state, seen.kind, upstream, &Modify::default()))
+    Ok(answer(state, seen, upstream, &Modify::default()))
 }
 
 /// The registry's answer as the client gets it: Locations kept on the proxy, then changed as
 /// ECR would (if so started) and as `modify` says.
 fn answer(
-    state: &State,
-    kind: Kind,
+    state: &Arc<State>,
+    seen: &Seen,
     upstream: reqwest::Response,
     modify: &Modify,
 ) -> Response<Body> {
+    let kind = seen.kind;
+    let number = seen.number;
     let mut status = upstream.status().as_u16();
     let mut headers: Vec<(String, String)> = Vec::new();
     for (name, value) in upstream.headers() {
@@ -788,6 +1066,7 @@ fn answer(
     if let Some(replacement) = modify.status {
         status = replacement;
     }
+    let before = headers.clone();
     headers.retain(|(name, _)| !modify.remove_headers.contains(name));
     for (name, value) in &modify.set_headers {
         headers.retain(|(existing, _)| existing != name);
@@ -802,19 +1081,58 @@ fn answer(
             }
         }
     }
+    let headers_changed = headers != before;
+    state.note(number, |outcome| {
+        outcome.status = Some(status);
+        outcome.headers_changed = headers_changed;
+    });
+    if let Some(body) = &modify.response_body {
+        headers.retain(|(name, _)| name != "content-length");
+        let mut response = Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(name, value);
+        }
+        state.note(number, |outcome| outcome.response_body = body.to_vec());
+        return response.body(full(body.clone())).unwrap();
+    }
     let mut response = Response::builder().status(status);
     for (name, value) in headers {
         response = response.header(name, value);
     }
     let mut left = modify.truncate_response.unwrap_or(u64::MAX);
+    let flip = modify.flip_response_byte;
+    let mut offset = 0u64;
+    let recording = Arc::clone(state);
     let body = StreamBody::new(upstream.bytes_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
         if left == 0 {
+            recording.note(number, |outcome| outcome.response_cut = true);
             return Err(broken("answer cut short"));
         }
         let keep = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         left -= keep as u64;
-        Ok(Frame::data(chunk.slice(..keep)))
+        if keep < chunk.len() {
+            recording.note(number, |outcome| outcome.response_cut = true);
+        }
+        let mut chunk = chunk.slice(..keep);
+        let start = offset;
+        offset += keep as u64;
+        if let Some(at) = flip
+            && at >= start
+            && at < offset
+        {
+            let mut bytes = chunk.to_vec();
+            bytes[(at - start) as usize] ^= 0xff;
+            chunk = Bytes::from(bytes);
+            recording.note(number, |outcome| outcome.response_flipped = Some(at));
+        }
+        recording.note(number, |outcome| {
+            let room = RECORDED_BODY.saturating_sub(outcome.response_body.len());
+            outcome
+                .response_body
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        });
+        Ok(Frame::data(chunk))
     }));
     response.body(http_body_util::BodyExt::boxed(body)).unwrap()
 }

@@ -171,6 +171,25 @@ impl Registry {
         Some(sha256(&response.bytes().expect("manifest body")))
     }
 
+    /// The manifest served for `repository:reference`, parsed.
+    pub fn manifest(&self, repository: &str, reference: &str) -> serde_json::Value {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let response = self.send(reqwest::Method::GET, &path, Some(MANIFEST_TYPES));
+        let status = response.status();
+        assert!(status.is_success(), "GET {path}: {status}");
+        serde_json::from_slice(&response.bytes().expect("manifest body")).expect("a JSON manifest")
+    }
+
+    /// The layer digests of the manifest served for `repository:reference`.
+    pub fn manifest_layers(&self, repository: &str, reference: &str) -> Vec<String> {
+        self.manifest(repository, reference)["layers"]
+            .as_array()
+            .expect("an image manifest")
+            .iter()
+            .map(|layer| layer["digest"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn manifest_exists(&self, repository: &str, reference: &str) -> bool {
         let path = format!("/v2/{repository}/manifests/{reference}");
         let status = self
