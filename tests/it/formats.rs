@@ -149,6 +149,62 @@ fn legacy_docker_save_is_compressed_deterministically() {
 }
 
 #[test]
+fn compression_level_is_what_the_layers_are_compressed_with() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("legacy.tar");
+    let spec = ImageSpec::new("levels").layer_sizes(&[1_500_000, 300_000]);
+    let facts = images::docker_save_legacy(&tar, &[spec]).remove(0);
+    let layer_bytes = |repository: &str| -> u64 {
+        let manifest: serde_json::Value = serde_json::from_slice(&skopeo::inspect_raw(
+            &format!("{}/{repository}:v1", registry.host()),
+            None,
+        ))
+        .unwrap();
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|layer| layer["size"].as_u64().unwrap())
+            .sum()
+    };
+    // The default (gzip level 1), then level 9: another digest, smaller layers, the same image
+    // (push_and_check has skopeo read every blob back and the config keep its digest).
+    let fast = push_and_check(&registry, &tar, "team/level-1", &facts, &[]);
+    let best = push_and_check(
+        &registry,
+        &tar,
+        "team/level-9",
+        &facts,
+        &["--compression-level", "9"],
+    );
+    assert_ne!(fast, best, "the level changes the compressed bytes");
+    assert!(
+        layer_bytes("team/level-9") < layer_bytes("team/level-1"),
+        "level 9 compresses more than level 1"
+    );
+    // Out of range: a usage error, nothing pushed.
+    let run = ecr_push(
+        [
+            "push",
+            tar.to_str().unwrap(),
+            "--registry",
+            &registry.url(),
+            "--repository",
+            "team/level-13",
+            "--tag",
+            "v1",
+            "--compression-level",
+            "13",
+        ],
+        &[],
+    );
+    run.failure(2);
+    assert!(run.stderr.contains("1 to 12"), "{}", run.stderr);
+    assert!(registry.tags("team/level-13").is_empty());
+}
+
+#[test]
 fn legacy_layers_can_be_zstd() {
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
