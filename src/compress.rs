@@ -205,28 +205,9 @@ impl PreparedChunks {
             return Ok(None);
         }
         let mut compressed = vec![0; place.len];
-        read_exact_at(&self.file, &mut compressed, place.offset)?;
+        crate::blob::read_exact_at(&self.file, &mut compressed, place.offset)?;
         Ok(Some(compressed))
     }
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Which input and which chunk of it.
