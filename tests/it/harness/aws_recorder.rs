@@ -39,37 +39,15 @@ pub struct AwsRecorder {
 impl AwsRecorder {
     /// Starts recording in front of `upstream` (moto's URL).
     pub fn start(upstream: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("recorder runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the AWS recorder");
-        let port = listener.local_addr().unwrap().port();
+        let server = super::HttpServer::bind(1);
+        let port = server.port;
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             calls: Mutex::new(Vec::new()),
             client: reqwest::Client::new(),
         });
         let serving = Arc::clone(&state);
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&serving);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        relay(Arc::clone(&state), request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let runtime = server.serve(move |request| relay(Arc::clone(&serving), request));
         Self {
             port,
             state,

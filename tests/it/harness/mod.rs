@@ -36,6 +36,65 @@ pub fn require_tool(tool: &str, install: &str) {
     );
 }
 
+/// A loopback HTTP/1 server for the test doubles (the proxies, the AWS recorder), on a runtime
+/// of its own that lives as long as the value. It is bound before it serves, so the caller knows
+/// its port when it builds the state its handler answers from.
+pub struct HttpServer {
+    pub runtime: tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn bind(threads: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("a runtime for a test server");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind a test server on 127.0.0.1");
+        let port = listener.local_addr().unwrap().port();
+        Self {
+            runtime,
+            listener,
+            port,
+        }
+    }
+
+    /// Answers every request with `handle`; an error ends the connection without an answer
+    /// (the proxy's reset faults rely on that). Returns the runtime to keep alive.
+    pub fn serve<F, Fut, B, E>(self, handle: F) -> tokio::runtime::Runtime
+    where
+        F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = self.listener;
+        self.runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper::service::service_fn(handle),
+                        )
+                        .await;
+                });
+            }
+        });
+        self.runtime
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

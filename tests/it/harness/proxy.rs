@@ -546,15 +546,8 @@ impl Proxy {
         faults: Option<Arc<Faults>>,
         on_manifest_put: Option<Arc<ManifestHook>>,
     ) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("proxy runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
+        let server = super::HttpServer::bind(2);
+        let port = server.port;
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             own_origin: format!("http://127.0.0.1:{port}"),
@@ -571,24 +564,9 @@ impl Proxy {
             outcomes: Mutex::new(HashMap::new()),
         });
         let serving = Arc::clone(&state);
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&serving);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        handle(Arc::clone(&state), request)
-                    });
-                    // An error ends the connection without an answer: that is how the
-                    // Reset faults work.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        // A handler error ends the connection without an answer: that is how the Reset faults
+        // work.
+        let runtime = server.serve(move |request| handle(Arc::clone(&serving), request));
         Self {
             port,
             state,
